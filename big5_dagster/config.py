@@ -28,7 +28,13 @@ class SettingsError(ValueError):
     """A profile or config file failed validation; the message names the field."""
 
 
-class ModelSettings(dg.Config):
+class Section(dg.Config):
+    """A settings section; an unknown field is an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSettings(Section):
     """Which language model backs generation, scoring and training."""
 
     base_model: str = EMBEDDED_MODEL
@@ -38,7 +44,7 @@ class ModelSettings(dg.Config):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
-class PostsSettings(dg.Config):
+class PostsSettings(Section):
     """The PsychGenerator posts with Big Five z-scores (METHOD.md section 2)."""
 
     source: Literal["synthetic", "hub", "local"] = "synthetic"
@@ -56,7 +62,7 @@ class PostsSettings(dg.Config):
     """hub/local: keep a seeded sample of at most this many posts."""
 
 
-class ScenarioSettings(dg.Config):
+class ScenarioSettings(Section):
     """SODA social scenarios: narrative, PersonX (opens) and PersonY (the replier)."""
 
     source: Literal["synthetic", "hub", "local"] = "synthetic"
@@ -67,7 +73,7 @@ class ScenarioSettings(dg.Config):
     local_path: str | None = None
 
 
-class InventorySettings(dg.Config):
+class InventorySettings(Section):
     """Personality inventories administered in evaluation."""
 
     inventories: list[str] = ["bfi44", "ipip_neo_120"]

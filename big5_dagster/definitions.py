@@ -29,8 +29,22 @@ def build_resources(settings: Settings, root: Path) -> dict[str, dg.Configurable
     return {
         "store": ArtifactStore(root=str(root)),
         "warehouse": Warehouse(path=str(paths.warehouse_path(root))),
-        "model": ModelBackend(**settings.model.model_dump(), models_dir=str(paths.models_dir(root))),
+        "model": ModelBackend(
+            **settings.model.model_dump(), models_dir=str(paths.models_dir(root))
+        ),
     }
+
+
+def build_definitions(
+    settings: Settings, root: Path, resources: dict[str, object] | None = None
+) -> dg.Definitions:
+    """All assets with resources for ``root``; ``resources`` swaps some (tests use a tiny model)."""
+    python_assets = [*corpora.assets]
+    sql_assets = build_sql_model_assets(paths.sql_models_dir(), python_assets)
+    return dg.Definitions(
+        assets=[*python_assets, *sql_assets],
+        resources={**build_resources(settings, root), **(resources or {})},
+    )
 
 
 settings = active_settings()
@@ -40,10 +54,4 @@ if is_offline_profile(settings):
 
 data_root = paths.data_dir(settings.data_dir)
 warehouse_file = paths.warehouse_path(data_root)
-python_assets = [*corpora.assets]
-sql_assets = build_sql_model_assets(paths.sql_models_dir(), python_assets)
-
-defs = dg.Definitions(
-    assets=[*python_assets, *sql_assets],
-    resources=build_resources(settings, data_root),
-)
+defs = build_definitions(settings, data_root)

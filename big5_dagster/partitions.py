@@ -10,10 +10,16 @@ trait_partitions = dg.StaticPartitionsDefinition(list(TRAITS))
 persona_partitions = dg.StaticPartitionsDefinition([p.key for p in PERSONAS])
 
 
-def partition_key_of(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext) -> str | None:
+def partition_key_of(
+    context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext,
+) -> str | None:
     """The partition this step runs for, or None for an unpartitioned asset."""
     if isinstance(context, dg.AssetCheckExecutionContext):
-        return context.op_execution_context.partition_key if context.op_execution_context.has_partition_key else None
+        return (
+            context.op_execution_context.partition_key
+            if context.op_execution_context.has_partition_key
+            else None
+        )
     return context.partition_key if context.has_partition_key else None
 
 

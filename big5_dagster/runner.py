@@ -52,8 +52,14 @@ def materialize_outdated(
     selection: Sequence[dg.AssetKey] | None = None,
     force: bool = False,
     log: Callable[[str], None] = print,
+    run_config: dict | None = None,
 ) -> list[Step]:
-    """Materialize every missing or stale asset partition (all of them with ``force``)."""
+    """Materialize every missing or stale asset partition (all of them with ``force``).
+
+    ``run_config`` may set ``ops: {asset: {config: ...}}`` for any asset; each run gets
+    the part for the asset it materializes.
+    """
+    ops_config = (run_config or {}).get("ops", {})
     graph = defs.resolve_asset_graph()
     wanted = set(selection) if selection else set(graph.materializable_asset_keys)
     assets = list(defs.assets or []) + list(defs.asset_checks or [])
@@ -78,7 +84,12 @@ def materialize_outdated(
                     instance=instance,
                     resources=defs.resources,
                     partition_key=partition,
-                    run_config=QUIET_LOGS,
+                    run_config={
+                        **QUIET_LOGS,
+                        "ops": {
+                            n: c for n, c in ops_config.items() if n == key.to_python_identifier()
+                        },
+                    },
                     raise_on_error=True,
                 )
                 if not result.success:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from model_fixtures import *  # noqa: F401,F403  (tiny random-weight model with the real tokenizer)
 
 

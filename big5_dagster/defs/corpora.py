@@ -1,6 +1,5 @@
 """Seed corpora: PsychGenerator posts, SODA scenarios, personality inventories."""
 
-
 import dagster as dg
 import pandas as pd
 
@@ -14,7 +13,13 @@ from big5_dagster.config import (
 from big5_dagster.defs.sql_models import WAREHOUSE_TABLES
 from big5_dagster.defs.tracking import Tracker
 from big5_dagster.lib import corpora, human_reference, inventories, synthetic
-from big5_dagster.lib.storage import hash_dataframe, hash_json, hash_source, write_json, write_parquet
+from big5_dagster.lib.storage import (
+    hash_dataframe,
+    hash_json,
+    hash_source,
+    write_json,
+    write_parquet,
+)
 from big5_dagster.lib.traits import TRAITS
 from big5_dagster.resources.artifacts import ArtifactStore
 from big5_dagster.resources.warehouse import Warehouse
@@ -87,7 +92,9 @@ def psychgenerator_posts(
         [
             {
                 "persona": f"{t} {level}",
-                "text": posts.loc[posts[t].idxmax() if level == "high" else posts[t].idxmin(), "text"],
+                "text": posts.loc[
+                    posts[t].idxmax() if level == "high" else posts[t].idxmin(), "text"
+                ],
             }
             for t in TRAITS
             for level in ("high", "low")
@@ -234,7 +241,9 @@ def read_inventories(store: ArtifactStore) -> list[inventories.Inventory]:
 
     path = store.file("personality_inventories", "inventories.json")
     document = json.loads(path.read_text())
-    return [inventories.inventory_from_dict(data, f"{path}[{name}]") for name, data in document.items()]
+    return [
+        inventories.inventory_from_dict(data, f"{path}[{name}]") for name, data in document.items()
+    ]
 
 
 assets = [psychgenerator_posts, soda_scenarios, personality_inventories]

@@ -6,7 +6,6 @@ Python asset resolves to the warehouse table that asset writes (``warehouse_tabl
 its metadata).
 """
 
-
 from collections.abc import Sequence
 from pathlib import Path
 

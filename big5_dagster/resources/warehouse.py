@@ -58,7 +58,9 @@ class Warehouse(dg.ConfigurableResource):
             try:
                 con.execute(f"CREATE SCHEMA IF NOT EXISTS {_ident(schema)}")
                 con.register("_incoming", df)
-                con.execute(f"CREATE OR REPLACE TABLE {_qualified(schema, name)} AS SELECT * FROM _incoming")
+                con.execute(
+                    f"CREATE OR REPLACE TABLE {_qualified(schema, name)} AS SELECT * FROM _incoming"
+                )
                 con.unregister("_incoming")
                 con.execute("COMMIT")
             except BaseException:

