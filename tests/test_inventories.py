@@ -15,6 +15,7 @@ from big5_dagster.lib.inventories import (
     Inventory,
     InventoryError,
     inventory_from_dict,
+    inventory_to_dict,
     inventory_items_frame,
     load_inventory,
     load_inventory_file,
@@ -438,3 +439,34 @@ def test_inventory_is_immutable() -> None:
     assert isinstance(inv, Inventory)
     with pytest.raises(AttributeError):
         inv.name = "other"  # type: ignore[misc]
+
+
+def test_psychobench_current_layout_questionnaire_mode_and_crowd_keys(tmp_path):
+    """PsychoBench's current questionnaires.json (commit d005a04) puts compute_mode on the
+    questionnaire and writes crowd norms as {crowd_name, mean, std, n}."""
+    entry = {
+        "name": "Empathy",
+        "questions": {"1": "Hard to see the other guy's view.", "2": "I imagine their view."},
+        "inner_setting": "You can only reply numbers from 1 to 7 in every statement.",
+        "prompt": "Rate yourself.",
+        "scale": 8,
+        "compute_mode": "SUM",
+        "reverse": [1],
+        "categories": [
+            {
+                "cat_name": "Overall",
+                "cat_questions": [1, 2],
+                "crowd": [{"crowd_name": "Crowd", "mean": 4.92, "std": 0.76, "n": 112}],
+            }
+        ],
+    }
+    path = tmp_path / "questionnaires.json"
+    path.write_text(json.dumps([entry]))
+    inv = load_psychobench_questionnaire(path, "Empathy")
+    assert inv.compute_mode("Overall") == "SUM"
+    (norm,) = inv.norms["Overall"]
+    assert (norm.mean, norm.sd, norm.n, norm.group) == (4.92, 0.76, 112, "Crowd")
+    assert (inv.scale_min, inv.scale_max) == (1, 7)
+    assert [item.keyed for item in inv.items] == [-1, 1]
+    # and the serialized form round-trips, categories and modes included
+    assert inventory_from_dict(inventory_to_dict(inv), "roundtrip") == inv

@@ -628,6 +628,8 @@ def _psychobench_inventory(entry: dict[str, Any], path: Path, where: str) -> Inv
     def item_id(number: int) -> str:
         return f"{slug}_{number:0{width}d}"
 
+    # Newer PsychoBench files set compute_mode once per questionnaire; older ones per category.
+    default_mode = _optional_field(entry, "compute_mode", str, where, default="AVG")
     raw_categories = _field(entry, "categories", list, where)
     if not raw_categories:
         raise InventoryError(f"{where}: field 'categories' is empty")
@@ -651,7 +653,7 @@ def _psychobench_inventory(entry: dict[str, Any], path: Path, where: str) -> Inv
                 )
             membership.setdefault(number, []).append(cat_name)
         categories[cat_name] = tuple(item_id(n) for n in numbers_in_cat)
-        mode = _optional_field(raw, "compute_mode", str, cat_where, default="AVG")
+        mode = _optional_field(raw, "compute_mode", str, cat_where, default=default_mode)
         if mode not in COMPUTE_MODES:
             raise InventoryError(
                 f"{cat_where}: field 'compute_mode' is {mode!r}, expected one of {list(COMPUTE_MODES)}"
@@ -663,11 +665,17 @@ def _psychobench_inventory(entry: dict[str, Any], path: Path, where: str) -> Inv
             crowd_where = f"{cat_where}: crowd[{k}]"
             if not isinstance(group, dict):
                 raise InventoryError(f"{crowd_where}: expected an object")
+            # Newer files write {mean, std, n}; older ones crowd_sample_{mean,sd,num}.
+            keys = (
+                ("mean", "std", "n")
+                if "mean" in group
+                else ("crowd_sample_mean", "crowd_sample_sd", "crowd_sample_num")
+            )
             parsed.append(
                 Norm(
-                    mean=float(_field(group, "crowd_sample_mean", numbers.Real, crowd_where)),
-                    sd=float(_field(group, "crowd_sample_sd", numbers.Real, crowd_where)),
-                    n=_field(group, "crowd_sample_num", int, crowd_where),
+                    mean=float(_field(group, keys[0], numbers.Real, crowd_where)),
+                    sd=float(_field(group, keys[1], numbers.Real, crowd_where)),
+                    n=_field(group, keys[2], int, crowd_where),
                     source=f"PsychoBench {path.name}: {name} / {cat_name}",
                     group=_optional_field(group, "crowd_name", str, crowd_where),
                 )

@@ -81,7 +81,12 @@ def hash_json(obj: Any) -> str:
 def hash_dataframe(df: pd.DataFrame) -> str:
     """Content hash of a table: column names, dtypes and every value, in row order."""
     header = json.dumps([(str(c), str(t)) for c, t in df.dtypes.items()]).encode()
-    rows = pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes()
+    hashable = df.copy(deep=False)
+    for column in hashable.columns[hashable.dtypes == object]:
+        values = hashable[column]
+        if values.map(lambda v: isinstance(v, list | dict | tuple)).any():  # e.g. flag lists
+            hashable[column] = values.map(lambda v: json.dumps(v, sort_keys=True, default=str))
+    rows = pd.util.hash_pandas_object(hashable, index=False).to_numpy().tobytes()
     return hash_bytes(header, rows)
 
 
@@ -107,3 +112,38 @@ def hash_source(*objects: Any) -> str:
     import inspect
 
     return hash_bytes(*(inspect.getsource(obj).encode() for obj in objects))
+
+
+class ChunkStore:
+    """Partial results of a long step, one atomically written parquet file per chunk.
+
+    A step interrupted midway reruns only what no finished chunk holds; chunks written
+    under other settings (another ``key``) are discarded, so results never mix settings.
+    """
+
+    def __init__(self, folder: Path, key: str) -> None:
+        self.folder = Path(folder)
+        self.dir = self.folder / f".chunks-{key}"
+        self.key = key
+
+    def open(self) -> None:
+        for other in self.folder.glob(".chunks-*"):
+            if other != self.dir:
+                shutil.rmtree(other, ignore_errors=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def read(self) -> pd.DataFrame:
+        files = sorted(self.dir.glob("chunk-*.parquet")) if self.dir.exists() else []
+        if not files:
+            return pd.DataFrame()
+        return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+    def n_chunks(self) -> int:
+        return len(list(self.dir.glob("chunk-*.parquet"))) if self.dir.exists() else 0
+
+    def write(self, df: pd.DataFrame) -> Path:
+        target = self.dir / f"chunk-{self.n_chunks():05d}-{uuid.uuid4().hex[:6]}.parquet"
+        return write_parquet(df, target)
+
+    def clear(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
