@@ -69,6 +69,80 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backend():
+    """The model backend of the active profile, as the pipeline configures it."""
+    from big5_dagster.config import active_settings
+    from big5_dagster.resources.model_backend import ModelBackend
+
+    settings = active_settings()
+    root = paths.data_dir(settings.data_dir)
+    return ModelBackend(**settings.model.model_dump(), models_dir=str(paths.models_dir(root)))
+
+
+def _print_figures(figures: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(figures, indent=2, default=str))
+
+
+def cmd_bench_dexperts(args: argparse.Namespace) -> int:
+    from big5_dagster.lib.bench import bench_dexperts, dialogue_bench_requests
+    from big5_dagster.lib.traits import Persona
+
+    loaded = _backend().load()
+    persona = Persona.parse(args.persona)
+    requests = dialogue_bench_requests(loaded, args.requests, persona, seed=args.seed)
+    figures = bench_dexperts(
+        loaded,
+        args.adapter,
+        requests,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        repeats=args.repeats,
+        seed=args.seed,
+        log=lambda line: print(f"  {line}", file=sys.stderr),
+    )
+    plain = figures["plain"]["tokens_per_second"]
+    print(
+        f"model {figures['model_id']} ({figures['dtype']}, {figures['device']}, "
+        f"{figures['torch_threads']} threads), batch {args.batch_size}, "
+        f"{args.max_new_tokens} new tokens x {len(requests)} prompts, {args.repeats} repeats"
+    )
+    print(f"plain generation      {plain:8.1f} tokens/s")
+    for formula, row in figures["dexperts"].items():
+        print(
+            f"dexperts ({formula:8s})  {row['tokens_per_second']:8.1f} tokens/s   "
+            f"ratio {row['ratio_to_plain']:.2f}"
+        )
+    _print_figures(figures, args.json)
+    return 0
+
+
+def cmd_bench_training(args: argparse.Namespace) -> int:
+    from big5_dagster.benchmarks import bench_training
+    from big5_dagster.config import active_settings
+
+    settings = active_settings()
+    figures = bench_training(
+        settings, paths.data_dir(settings.data_dir), n_examples=args.examples, seed=args.seed
+    )
+    d, p = figures["dagster"], figures["plain"]
+    print(
+        f"SFT of {figures['model']} on {figures['examples']} examples ({figures['tokens']} tokens)"
+    )
+    print("                    train loop tok/s   wall s   wall tok/s")
+    print(
+        f"through Dagster     {d['train_loop_tokens_per_second']:16.1f} {d['wall_seconds']:8.1f} {d['wall_tokens_per_second']:12.1f}"
+    )
+    print(
+        f"plain TRL script    {p['train_loop_tokens_per_second']:16.1f} {p['wall_seconds']:8.1f} {p['wall_tokens_per_second']:12.1f}"
+    )
+    print(
+        f"ratio (Dagster / plain): train loop {figures['ratio_train_loop']:.2f}, wall {figures['ratio_wall']:.2f}"
+    )
+    _print_figures(figures, args.json)
+    return 0
+
+
 def cmd_settings(args: argparse.Namespace) -> int:
     from big5_dagster.config import active_settings
 
@@ -88,6 +162,34 @@ def build_parser() -> argparse.ArgumentParser:
     lin.add_argument("asset")
     lin.add_argument("--partition", default=None)
     lin.set_defaults(func=cmd_lineage)
+
+    bench = sub.add_parser("bench", help="benchmarks that print figures")
+    bench_sub = bench.add_subparsers(dest="benchmark", required=True)
+    bd = bench_sub.add_parser(
+        "dexperts", help="tokens/s of plain vs DExperts generation (same prompts and lengths)"
+    )
+    bd.add_argument("--batch-size", type=int, default=8)
+    bd.add_argument("--max-new-tokens", type=int, default=48)
+    bd.add_argument("--requests", type=int, default=16, help="prompts per timed run")
+    bd.add_argument("--repeats", type=int, default=2)
+    bd.add_argument("--persona", default="extraversion_high")
+    bd.add_argument(
+        "--adapter",
+        type=Path,
+        default=None,
+        help="a LoRA expert folder (default: a random adapter of the same shape)",
+    )
+    bd.add_argument("--seed", type=int, default=0)
+    bd.add_argument("--json", action="store_true", help="also print all figures as JSON")
+    bd.set_defaults(func=cmd_bench_dexperts)
+
+    bt = bench_sub.add_parser(
+        "training", help="tokens/s of the SFT step through Dagster vs a plain TRL script"
+    )
+    bt.add_argument("--examples", type=int, default=64)
+    bt.add_argument("--seed", type=int, default=42)
+    bt.add_argument("--json", action="store_true")
+    bt.set_defaults(func=cmd_bench_training)
 
     st = sub.add_parser("settings", help="print the effective settings of the active profile")
     st.set_defaults(func=cmd_settings)

@@ -66,7 +66,7 @@ class ScenarioSettings(Section):
     """SODA social scenarios: narrative, PersonX (opens) and PersonY (the replier)."""
 
     source: Literal["synthetic", "hub", "local"] = "synthetic"
-    n_scenarios: int = 40
+    n_scenarios: int = 32
     seed: int = 42
     hub_dataset: str = "allenai/soda"
     hub_split: str = "train"
@@ -82,6 +82,109 @@ class InventorySettings(Section):
     psychobench_names: list[str] = []
 
 
+class ExpertSettings(Section):
+    """Expert generators: one per trait, trained on the posts (METHOD.md section 3)."""
+
+    base_model: str | None = None
+    """The model the experts start from; empty = the pipeline's base model."""
+    mode: Literal["lora", "full"] = "lora"
+    adapters: Literal["per_trait", "per_level"] = "per_level"
+    """per_trait: one expert per trait conditioned on the level by its instruction (the
+    paper); per_level: one expert per trait and level, trained on that level's posts only,
+    with the same instruction format. On a CPU budget (128 posts per trait) the conditioned
+    SmolLM2 expert did not learn to tell the levels apart; per-level experts did."""
+    max_examples: int = 96
+    """Training posts per trait (half high, half low), a seeded sample of the train split."""
+    epochs: float = 1.0
+    learning_rate: float = 2e-3
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    max_length: int = 128
+    """Token cutoff of a training example (the paper used 512)."""
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    seed: int = 42
+    n_example_completions: int = 3
+    """Held-out prefixes completed at high and low, shown in the asset's metadata."""
+    gate_prefixes: int = 12
+    """Held-out prefixes per level scored by the classifier in the expert quality gate."""
+    gate_min_accuracy: float = 0.6
+    """The gate warns when the on-target accuracy is below this."""
+    gate_max_new_tokens: int = 24
+
+
+class ClassifierSettings(Section):
+    """The trait classifier that measures whether text carries a trait level."""
+
+    kind: Literal["tfidf_logistic", "roberta_regression"] = "tfidf_logistic"
+    model: str = "roberta-large"
+    """roberta_regression: the encoder to fine-tune (a Hugging Face id or local folder)."""
+    max_features: int = 20000
+    regularization_c: float = 4.0
+    epochs: float = 1.0
+    learning_rate: float = 1e-5
+    batch_size: int = 16
+    max_length: int = 128
+    seed: int = 42
+
+
+class DialogueSettings(Section):
+    """DExperts generation of PersonY's replies (METHOD.md section 4)."""
+
+    formula: Literal["paper", "dexperts"] = "paper"
+    """paper: base + alpha * expert after a warm-up; dexperts: base + alpha * (expert - anti-expert)."""
+    alpha: float = 0.5
+    warmup_tokens: int = 5
+    """paper formula: the first tokens come from the base alone."""
+    expert_path: Literal["auto", "batched_lora", "two_models"] = "auto"
+    """auto: one batched forward with peft adapters when the expert is a LoRA adapter."""
+    max_new_tokens: int = 48
+    do_sample: bool = True
+    temperature: float = 0.7
+    top_p: float = 0.9
+    repetition_penalty: float = 1.1
+    batch_size: int = 8
+    seed: int = 42
+    opener_max_new_tokens: int = 40
+    test_fraction: float = 0.1
+    """Share of scenarios held out as the test split (no scenario in both splits)."""
+    split_seed: int = 42
+    near_duplicate_threshold: float = 0.9
+    """Similarity at or above which two personas' replies to a scenario are near-duplicates."""
+    chance_margin: float = 0.05
+    """dialogue_quality warns when a persona's target accuracy is within this of chance."""
+
+
+class TrainingSettings(Section):
+    """SFT and DPO of one LoRA adapter covering all 10 personas (METHOD.md section 5)."""
+
+    seeds: list[int] = [42]
+    """One adapter per seed, so downstream results can carry confidence intervals."""
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    learning_rate: float = 2e-4
+    epochs: float = 1.0
+    warmup_steps: int = 2
+    lr_scheduler: str = "cosine"
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    max_length: int = 192
+    validation_fraction: float = 0.1
+    """Share of the train scenarios held out for validation (the paper: 10%)."""
+    split_seed: int = 42
+    max_sft_examples: int | None = 160
+    """Train on a seeded sample of at most this many SFT examples (None: all)."""
+    dpo_beta: float = 0.1
+    dpo_init: Literal["base", "sft"] = "base"
+    """DPO starts from the base model (the paper) or from the SFT adapter."""
+    max_dpo_pairs: int | None = 64
+    """Train on a seeded sample of at most this many pairs (None: all)."""
+    save_steps: int = 25
+    """Checkpoint every this many steps: an interrupted training resumes from there."""
+
+
 class Settings(BaseModel):
     """The whole configuration of one profile."""
 
@@ -94,6 +197,10 @@ class Settings(BaseModel):
     posts: PostsSettings = PostsSettings()
     scenarios: ScenarioSettings = ScenarioSettings()
     inventories: InventorySettings = InventorySettings()
+    experts: ExpertSettings = ExpertSettings()
+    classifier: ClassifierSettings = ClassifierSettings()
+    dialogues: DialogueSettings = DialogueSettings()
+    training: TrainingSettings = TrainingSettings()
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:

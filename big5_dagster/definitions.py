@@ -9,7 +9,7 @@ import dagster as dg
 
 from big5_dagster import paths
 from big5_dagster.config import EMBEDDED_MODEL, Settings, active_settings
-from big5_dagster.defs import corpora
+from big5_dagster.defs import corpora, dialogues, experts, training
 from big5_dagster.defs.sql_models import build_sql_model_assets
 from big5_dagster.resources.artifacts import ArtifactStore
 from big5_dagster.resources.model_backend import ModelBackend
@@ -39,10 +39,11 @@ def build_definitions(
     settings: Settings, root: Path, resources: dict[str, object] | None = None
 ) -> dg.Definitions:
     """All assets with resources for ``root``; ``resources`` swaps some (tests use a tiny model)."""
-    python_assets = [*corpora.assets]
+    python_assets = [*corpora.assets, *experts.assets, *dialogues.assets, *training.assets]
     sql_assets = build_sql_model_assets(paths.sql_models_dir(), python_assets)
     return dg.Definitions(
         assets=[*python_assets, *sql_assets],
+        asset_checks=[*experts.asset_checks, *training.asset_checks],
         resources={**build_resources(settings, root), **(resources or {})},
     )
 

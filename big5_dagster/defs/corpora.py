@@ -235,11 +235,28 @@ def personality_inventories(
     )
 
 
+def upstream_file(store: ArtifactStore, asset: str, filename: str, partition: str | None = None):
+    """The file an upstream asset wrote; a clear error if it was never materialized."""
+    path = store.file(asset, filename, partition)
+    if not path.exists():
+        which = f"{asset}" + (f" partition {partition!r}" if partition else "")
+        raise FileNotFoundError(f"{path} does not exist: materialize {which} first")
+    return path
+
+
+def read_posts(store: ArtifactStore) -> pd.DataFrame:
+    return pd.read_parquet(upstream_file(store, "psychgenerator_posts", "posts.parquet"))
+
+
+def read_scenarios(store: ArtifactStore) -> pd.DataFrame:
+    return pd.read_parquet(upstream_file(store, "soda_scenarios", "scenarios.parquet"))
+
+
 def read_inventories(store: ArtifactStore) -> list[inventories.Inventory]:
     """The inventories as materialized by ``personality_inventories``."""
     import json
 
-    path = store.file("personality_inventories", "inventories.json")
+    path = upstream_file(store, "personality_inventories", "inventories.json")
     document = json.loads(path.read_text())
     return [
         inventories.inventory_from_dict(data, f"{path}[{name}]") for name, data in document.items()

@@ -104,3 +104,16 @@ class Tracker:
             metadata=meta,
             check_results=check_results,
         )
+
+
+def progress_logger(context: dg.AssetExecutionContext, what: str, every: float = 0.1):
+    """A (done, total) callback that logs progress of a long step about every 10%."""
+    state = {"next": 0.0}
+
+    def report(done: int, total: int) -> None:
+        fraction = done / total if total else 1.0
+        if fraction >= state["next"] or done == total:
+            context.log.info(f"{what}: {done}/{total} ({fraction:.0%})")
+            state["next"] = fraction + every
+
+    return report

@@ -82,7 +82,7 @@ def hash_dataframe(df: pd.DataFrame) -> str:
     """Content hash of a table: column names, dtypes and every value, in row order."""
     header = json.dumps([(str(c), str(t)) for c, t in df.dtypes.items()]).encode()
     hashable = df.copy(deep=False)
-    for column in hashable.columns[hashable.dtypes == object]:
+    for column in hashable.select_dtypes(include="object").columns:
         values = hashable[column]
         if values.map(lambda v: isinstance(v, list | dict | tuple)).any():  # e.g. flag lists
             hashable[column] = values.map(lambda v: json.dumps(v, sort_keys=True, default=str))

@@ -1,0 +1,421 @@
+"""DExperts decoding on a tiny random-weight model with the real SmolLM2 tokenizer."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from transformers import LogitsProcessor
+
+from big5_dagster.lib.dexperts import (
+    DExpertsParams,
+    DExpertsRequest,
+    combine_logits,
+    expert_path_of,
+    generate_dexperts,
+    lora_adapter,
+    merged_expert_copy,
+    persona_reply_request,
+    random_lora_adapter,
+)
+from big5_dagster.lib.model import SamplingParams, generate_chat, load_model
+from big5_dagster.lib.traits import Persona
+
+PERSONA = Persona("extraversion", "high")
+SCENARIO = {
+    "narrative": "Ana forgot Ben's birthday party. Ben calls her the next day.",
+    "person_x": "Ben",
+    "person_y": "Ana",
+}
+# Openers of different lengths: the batch is left-padded.
+OPENERS = [
+    "Hey.",
+    "You missed my party yesterday, what happened?",
+    "I waited for you all evening and everyone kept asking where you were, so tell me.",
+]
+GREEDY = SamplingParams(max_new_tokens=10, do_sample=False, seed=0)
+
+
+WEIGHT_STD = 0.2
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """A 3M-parameter model gains nothing from threads, and on a busy 2-core machine the
+    threads' spin-waiting made these tests several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    """A private load of the tiny model (tests attach adapters to it), re-initialized.
+
+    With the fixture's default initialization (std 0.02) greedy decoding emits '\\n' at every
+    step, so comparing token lists would prove nothing; weights of std 0.2 give varied tokens
+    with clear margins between the best and second-best token.
+    """
+    loaded = load_model(str(tiny_model_dir), device="cpu")
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in loaded.model.named_parameters():
+            if "norm" not in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * WEIGHT_STD)
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def requests_() -> list[DExpertsRequest]:
+    return [persona_reply_request(SCENARIO, opener, PERSONA) for opener in OPENERS]
+
+
+def token_lists(results) -> list[tuple[int, ...]]:
+    return [r.token_ids for r in results]
+
+
+class MaskTokens(LogitsProcessor):
+    """Sets the given token ids to -inf (like a bad-words filter)."""
+
+    def __init__(self, token_ids: list[int]) -> None:
+        self.token_ids = token_ids
+
+    def __call__(self, input_ids, scores):
+        scores = scores.clone()
+        scores[:, self.token_ids] = float("-inf")
+        return scores
+
+
+class RecordScores(LogitsProcessor):
+    def __init__(self) -> None:
+        self.seen: list[torch.Tensor] = []
+
+    def __call__(self, input_ids, scores):
+        self.seen.append(scores.clone())
+        return scores
+
+
+# --- the combination -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("formula", ["paper", "dexperts"])
+def test_combine_keeps_masked_tokens_masked_without_nan(formula):
+    inf = float("-inf")
+    base = torch.tensor([[1.0, inf, 2.0, inf, 0.5]])
+    expert = torch.tensor([[0.5, inf, inf, 1.0, 2.0]])
+    anti = torch.tensor([[inf, inf, 0.0, 1.0, 1.0]])
+    combined = combine_logits(base, expert, anti, alpha=0.5, formula=formula)
+    assert not torch.isnan(combined).any()
+    assert not torch.isposinf(combined).any()
+    # Masked in the base (index 1, 3, with -inf - -inf at index 1) and in the expert (index 2).
+    assert combined[0, 1] == inf and combined[0, 2] == inf and combined[0, 3] == inf
+    if formula == "paper":
+        assert combined[0, 0].item() == pytest.approx(1.25)
+        assert combined[0, 4].item() == pytest.approx(1.5)
+    else:
+        assert combined[0, 0] == inf  # the anti-expert masks it
+        assert combined[0, 4].item() == pytest.approx(1.0)
+
+
+def test_combine_with_alpha_zero_is_the_base_exactly():
+    base = torch.randn(2, 50)
+    combined = combine_logits(
+        base, torch.randn(2, 50), torch.randn(2, 50), alpha=0.0, formula="dexperts"
+    )
+    assert torch.equal(combined, base)
+
+
+# --- decoding ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("formula", ["paper", "dexperts"])
+def test_alpha_zero_reproduces_plain_greedy_generation(tiny, requests_, formula):
+    sampling = SamplingParams(max_new_tokens=10, do_sample=False, repetition_penalty=1.3, seed=0)
+    plain = generate_chat(tiny, [r.base_prompt for r in requests_], sampling, batch_size=3)
+    params = DExpertsParams(formula=formula, alpha=0.0, warmup_tokens=2)
+    with random_lora_adapter(tiny.model, seed=1) as peft_model:
+        steered = generate_dexperts(
+            peft_model, tiny.tokenizer, requests_, params, sampling, expert="expert", batch_size=3
+        )
+    assert token_lists(steered) == token_lists(plain)
+    assert [r.text for r in steered] == [r.text for r in plain]
+    assert [r.n_new_tokens for r in steered] == [len(r.token_ids) for r in plain]
+
+
+def test_paper_formula_follows_the_base_during_warmup_then_steers(tiny, requests_):
+    plain = generate_chat(tiny, [r.base_prompt for r in requests_], GREEDY, batch_size=3)
+    with random_lora_adapter(tiny.model, seed=1) as peft_model:
+        steered = generate_dexperts(
+            peft_model,
+            tiny.tokenizer,
+            requests_,
+            DExpertsParams(formula="paper", alpha=2.0, warmup_tokens=5),
+            GREEDY,
+            expert="expert",
+        )
+    for s, p in zip(steered, plain, strict=True):
+        assert s.token_ids[:5] == p.token_ids[:5]
+    assert any(s.token_ids[5:] != p.token_ids[5:] for s, p in zip(steered, plain, strict=True))
+
+
+@pytest.mark.parametrize("formula", ["paper", "dexperts"])
+def test_tokens_masked_before_the_combination_stay_masked(tiny, requests_, formula):
+    params = DExpertsParams(formula=formula, alpha=1.0, warmup_tokens=0)
+    with random_lora_adapter(tiny.model, seed=1) as peft_model:
+        unmasked = generate_dexperts(
+            peft_model, tiny.tokenizer, requests_, params, GREEDY, expert="expert"
+        )
+        # Mask exactly what the unmasked run chose, so the mask has to change the outcome.
+        masked_ids = sorted({t for r in unmasked for t in r.token_ids})
+        recorder = RecordScores()
+        masked = generate_dexperts(
+            peft_model,
+            tiny.tokenizer,
+            requests_,
+            params,
+            GREEDY,
+            expert="expert",
+            base_logits_processors=[MaskTokens(masked_ids)],
+            logits_processors=[recorder],
+        )
+    assert len(recorder.seen) == GREEDY.max_new_tokens
+    for scores in recorder.seen:
+        assert not torch.isnan(scores).any()
+        assert torch.isneginf(scores[:, masked_ids]).all()
+    assert not {t for r in masked for t in r.token_ids} & set(masked_ids)
+
+
+@pytest.mark.parametrize("formula", ["paper", "dexperts"])
+def test_batched_lora_path_equals_two_model_path(tiny, requests_, formula):
+    params = DExpertsParams(formula=formula, alpha=1.0, warmup_tokens=2)
+    with random_lora_adapter(tiny.model, seed=1) as peft_model:
+        assert expert_path_of(peft_model, "expert") == "batched_lora"
+        batched = generate_dexperts(
+            peft_model, tiny.tokenizer, requests_, params, GREEDY, expert="expert"
+        )
+        merged = merged_expert_copy(peft_model, "expert")
+        # A PeftModel as the base: its base rows run without the adapter on this path too.
+        peft_base_two_models = generate_dexperts(
+            peft_model, tiny.tokenizer, requests_, params, GREEDY, expert=merged
+        )
+    assert expert_path_of(tiny.model, merged) == "two_models"
+    two_models = generate_dexperts(
+        tiny.model, tiny.tokenizer, requests_, params, GREEDY, expert=merged
+    )
+    assert token_lists(peft_base_two_models) == token_lists(two_models)
+    plain = generate_chat(tiny, [r.base_prompt for r in requests_], GREEDY, batch_size=3)
+    assert token_lists(batched) == token_lists(two_models)
+    assert token_lists(batched) != token_lists(plain)  # the expert did steer
+
+
+def test_shared_weights_path_equals_two_model_path(tiny, requests_):
+    """Expert = the base model with its own prompt: one batched forward, or a copy stepped beside."""
+    params = DExpertsParams(formula="dexperts", alpha=1.0)
+    assert expert_path_of(tiny.model, tiny.model) == "shared_weights"
+    shared = generate_dexperts(
+        tiny.model, tiny.tokenizer, requests_, params, GREEDY, expert=tiny.model
+    )
+    separate = generate_dexperts(
+        tiny.model, tiny.tokenizer, requests_, params, GREEDY, expert=copy.deepcopy(tiny.model)
+    )
+    assert token_lists(shared) == token_lists(separate)
+
+
+def test_left_padded_batch_equals_single_rows(tiny, requests_):
+    params = DExpertsParams(formula="dexperts", alpha=1.0)
+    seen: list[tuple[int, int]] = []
+    with random_lora_adapter(tiny.model, seed=1) as peft_model:
+        batched = generate_dexperts(
+            peft_model,
+            tiny.tokenizer,
+            requests_,
+            params,
+            GREEDY,
+            expert="expert",
+            batch_size=3,
+            progress=lambda done, total: seen.append((done, total)),
+        )
+        singles = [
+            generate_dexperts(
+                peft_model, tiny.tokenizer, [r], params, GREEDY, expert="expert", batch_size=1
+            )[0]
+            for r in requests_
+        ]
+    assert token_lists(batched) == token_lists(singles)
+    assert seen == [(3, 3)]
+
+
+def test_seeded_sampling_is_reproducible(tiny, requests_):
+    params = DExpertsParams(formula="paper", alpha=0.5, warmup_tokens=2)
+
+    def sample(seed: int):
+        sampling = SamplingParams(
+            max_new_tokens=12, temperature=1.0, top_p=0.95, top_k=50, seed=seed
+        )
+        return token_lists(
+            generate_dexperts(
+                peft_model, tiny.tokenizer, requests_, params, sampling, expert="expert"
+            )
+        )
+
+    with random_lora_adapter(tiny.model, seed=1) as peft_model:
+        torch.manual_seed(123)  # the global RNG must not matter
+        first = sample(seed=7)
+        torch.manual_seed(456)
+        again = sample(seed=7)
+        other = sample(seed=8)
+    assert first == again
+    assert first != other
+
+
+def test_eos_stops_a_row_and_the_others_go_on(tiny, requests_):
+    params = DExpertsParams(formula="dexperts", alpha=1.0)
+    with random_lora_adapter(tiny.model, seed=1) as peft_model:
+        free = generate_dexperts(
+            peft_model, tiny.tokenizer, requests_, params, GREEDY, expert="expert", eos_ids=[-1]
+        )
+        # Make the token row 1 chose third the end-of-sequence token.
+        stop_token = free[1].token_ids[2]
+        stopped = generate_dexperts(
+            peft_model,
+            tiny.tokenizer,
+            requests_,
+            params,
+            GREEDY,
+            expert="expert",
+            eos_ids=[stop_token],
+        )
+    assert all(r.finish_reason == "length" and r.n_new_tokens == 10 for r in free)
+    assert stopped[1].finish_reason == "eos"
+    assert stopped[1].token_ids == free[1].token_ids[:3]
+    assert stopped[1].n_new_tokens == 3
+    for s, f in zip(stopped, free, strict=True):
+        # Each row equals the free run up to its first stop token; rows without one run on.
+        cut = next((k + 1 for k, t in enumerate(f.token_ids) if t == stop_token), None)
+        assert s.token_ids == (f.token_ids if cut is None else f.token_ids[:cut])
+        assert s.finish_reason == ("length" if cut is None else "eos")
+    assert any(r.finish_reason == "length" for r in stopped)
+
+
+def test_text_skips_special_tokens_and_the_eos(tiny, requests_):
+    eos = tiny.tokenizer.eos_token_id
+    with random_lora_adapter(tiny.model, seed=1) as peft_model:
+        results = generate_dexperts(
+            peft_model,
+            tiny.tokenizer,
+            requests_[:1],
+            DExpertsParams(alpha=0.0),
+            GREEDY,
+            expert="expert",
+            # Forcing EOS first: the reply is empty text, one token, finish 'eos'.
+            base_logits_processors=[ForceToken(eos)],
+        )
+    assert results[0].token_ids == (eos,)
+    assert results[0].text == ""
+    assert results[0].finish_reason == "eos"
+
+
+class ForceToken(LogitsProcessor):
+    def __init__(self, token_id: int) -> None:
+        self.token_id = token_id
+
+    def __call__(self, input_ids, scores):
+        forced = torch.full_like(scores, -math.inf)
+        forced[:, self.token_id] = 0.0
+        return forced
+
+
+def test_adapter_is_removed_after_the_context(tiny, requests_):
+    before = generate_chat(tiny, [r.base_prompt for r in requests_], GREEDY)
+    with random_lora_adapter(tiny.model, seed=1):
+        pass
+    after = generate_chat(tiny, [r.base_prompt for r in requests_], GREEDY)
+    assert token_lists(before) == token_lists(after)
+    assert all(p.requires_grad for p in tiny.model.parameters())
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+
+def test_dexperts_formula_needs_an_anti_expert_prompt(tiny, requests_):
+    bad = [requests_[0], DExpertsRequest(base_prompt="Hello", expert_prompt="Hi")]
+    with pytest.raises(ValueError, match=r"request 1: field 'anti_expert_prompt'"):
+        generate_dexperts(
+            tiny.model,
+            tiny.tokenizer,
+            bad,
+            DExpertsParams(formula="dexperts"),
+            GREEDY,
+            expert=tiny.model,
+        )
+
+
+def test_unknown_adapter_and_plain_model_with_adapter_name_are_refused(tiny, requests_):
+    with pytest.raises(ValueError, match="must be a peft PeftModel"):
+        generate_dexperts(
+            tiny.model, tiny.tokenizer, requests_, DExpertsParams(), GREEDY, expert="expert"
+        )
+    with (
+        random_lora_adapter(tiny.model, seed=1) as peft_model,
+        pytest.raises(ValueError, match=r"no adapter named 'nope'.*\['expert'\]"),
+    ):
+        generate_dexperts(
+            peft_model, tiny.tokenizer, requests_, DExpertsParams(), GREEDY, expert="nope"
+        )
+
+
+def test_params_are_validated():
+    with pytest.raises(ValueError, match="formula"):
+        DExpertsParams(formula="mean")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="warmup_tokens"):
+        DExpertsParams(warmup_tokens=-1)
+    with pytest.raises(ValueError, match="alpha"):
+        DExpertsParams(alpha=float("nan"))
+
+
+# --- benchmark -----------------------------------------------------------------------------
+
+
+def test_bench_dexperts_measures_equal_token_counts(tiny):
+    from big5_dagster.lib.bench import bench_dexperts, dialogue_bench_requests
+
+    requests = dialogue_bench_requests(tiny, 3, PERSONA, seed=0, opener_max_new_tokens=4)
+    assert all(r.anti_expert_prompt is not None for r in requests)
+    figures = bench_dexperts(tiny, None, requests, batch_size=2, max_new_tokens=4, repeats=1)
+    assert figures["new_tokens_per_run"] == 3 * 4
+    plain = figures["plain"]["tokens_per_second"]
+    assert plain > 0
+    assert set(figures["dexperts"]) == {"paper", "dexperts"}
+    for formula in ("paper", "dexperts"):
+        rate = figures["dexperts"][formula]["tokens_per_second"]
+        assert figures["dexperts"][formula]["ratio_to_plain"] == pytest.approx(rate / plain)
+    # The on-the-fly adapter is gone again.
+    assert not hasattr(tiny.model, "peft_config")
+    assert all(p.requires_grad for p in tiny.model.parameters())
+
+
+def test_separate_anti_expert_adapter_batched_equals_two_models(tiny, requests_, tmp_path):
+    """One adapter per level (expert and anti-expert weights of their own): the batched path
+    with two adapters gives the tokens of three models stepped in lockstep."""
+    folders = {}
+    for name, seed in (("high", 3), ("low", 4)):
+        with random_lora_adapter(tiny.model, seed=seed, adapter_name=name) as peft_model:
+            peft_model.save_pretrained(tmp_path)
+            folders[name] = tmp_path / name
+    params = DExpertsParams(formula="dexperts", alpha=1.5)
+    with lora_adapter(tiny.model, folders) as peft_model:
+        batched = generate_dexperts(
+            peft_model, tiny.tokenizer, requests_, params, GREEDY, expert="high", anti_expert="low"
+        )
+        same_adapter = generate_dexperts(
+            peft_model, tiny.tokenizer, requests_, params, GREEDY, expert="high"
+        )
+        high, low = merged_expert_copy(peft_model, "high"), merged_expert_copy(peft_model, "low")
+    separate = generate_dexperts(
+        tiny.model, tiny.tokenizer, requests_, params, GREEDY, expert=high, anti_expert=low
+    )
+    assert token_lists(batched) == token_lists(separate)
+    assert token_lists(batched) != token_lists(same_adapter)  # the anti-expert's weights matter

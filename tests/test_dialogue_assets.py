@@ -1,0 +1,179 @@
+"""The BIG5-CHAT dataset as assets, end to end on the tiny random-weight model."""
+
+import json
+
+import dagster as dg
+import duckdb
+import pandas as pd
+import pytest
+
+from big5_dagster import paths
+from big5_dagster.config import load_settings
+from big5_dagster.definitions import build_definitions
+from big5_dagster.lib import dexperts
+from big5_dagster.lib.traits import PERSONAS, TRAITS
+
+N_SCENARIOS = 6
+SMALL = {
+    "psychgenerator_posts": {"n_posts": 600},
+    "soda_scenarios": {"n_scenarios": N_SCENARIOS},
+    "trait_experts": {
+        "max_examples": 16,
+        "max_length": 48,
+        "n_example_completions": 1,
+        "gate_prefixes": 2,
+        "gate_max_new_tokens": 4,
+    },
+    "scenario_openers": {"opener_max_new_tokens": 6, "batch_size": 4},
+    "big5_chat_replies": {"max_new_tokens": 5, "batch_size": 2},
+    "sft_adapter": {"max_length": 96, "seeds": [1, 2], "save_steps": 2},
+    "dpo_adapter": {"max_length": 96, "seeds": [1], "dpo_init": "sft", "max_dpo_pairs": 16},
+}
+
+
+def run_config(*assets: str) -> dict:
+    ops = {a: {"config": SMALL[a]} for a in assets if a in SMALL}
+    if "trait_experts" in assets:  # the quality gate shares the experts' settings
+        ops["trait_experts_expert_quality_gate"] = {"config": SMALL["trait_experts"]}
+    return {"ops": ops}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tiny_backend):
+    """Corpora, classifier, experts and openers, materialized once for this module."""
+    root = tmp_path_factory.mktemp("dialogue_data")
+    home = tmp_path_factory.mktemp("dialogue_home")
+    defs = build_definitions(load_settings(), root, resources={"model": tiny_backend})
+    instance = dg.DagsterInstance.ephemeral(tempdir=str(home))
+    assets = list(defs.assets) + list(defs.asset_checks)
+
+    def materialize(selection, partition=None, raise_on_error=True):
+        return dg.materialize(
+            assets,
+            selection=selection,
+            instance=instance,
+            resources=defs.resources,
+            partition_key=partition,
+            run_config=run_config(*selection),
+            raise_on_error=raise_on_error,
+        )
+
+    for name in ("psychgenerator_posts", "soda_scenarios", "trait_classifier", "scenario_openers"):
+        materialize([name])
+    gate = {}
+    for trait in TRAITS:
+        result = materialize(["trait_experts"], trait)
+        (evaluation,) = result.get_asset_check_evaluations()
+        gate[trait] = evaluation
+    return {"root": root, "materialize": materialize, "defs": defs, "gate": gate}
+
+
+def test_experts_are_trained_per_trait_with_a_quality_gate(built):
+    root = built["root"]
+    for trait in TRAITS:
+        record = json.loads((root / "trait_experts" / trait / "expert.json").read_text())
+        assert record["experts"] == {"high": "expert-high", "low": "expert-low"}
+        for folder in set(record["experts"].values()):
+            assert (root / "trait_experts" / trait / folder / "adapter_config.json").exists()
+        evaluation = built["gate"][trait]
+        assert evaluation.check_name == "expert_quality_gate"
+        assert "on_target_accuracy" in evaluation.metadata
+        assert evaluation.severity == dg.AssetCheckSeverity.WARN
+
+
+def test_interrupted_persona_partition_resumes_without_duplicates(built, monkeypatch):
+    real = dexperts.generate_dexperts
+    calls = {"n": 0}
+
+    def dies_on_second_batch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated kill")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dexperts, "generate_dexperts", dies_on_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        built["materialize"](["big5_chat_replies"], "agreeableness_low")
+    partial = list((built["root"] / "big5_chat_replies" / "agreeableness_low").glob(".chunks-*/*"))
+    assert len(partial) == 1  # the first batch survived the kill
+
+    calls["n"] = 10  # no more failures; count the batches the rerun generates
+    built["materialize"](["big5_chat_replies"], "agreeableness_low")
+    assert calls["n"] == 10 + (N_SCENARIOS // 2) - 1  # only the missing batches ran
+    replies = pd.read_parquet(
+        built["root"] / "big5_chat_replies" / "agreeableness_low" / "replies.parquet"
+    )
+    assert sorted(replies.scenario_id) == sorted(set(replies.scenario_id))
+    assert len(replies) == N_SCENARIOS
+    with duckdb.connect(str(paths.warehouse_path(built["root"])), read_only=True) as con:
+        n = con.execute(
+            "SELECT count(*), count(DISTINCT scenario_id) FROM big5_chat_replies "
+            "WHERE persona = 'agreeableness_low'"
+        ).fetchone()
+    assert n == (N_SCENARIOS, N_SCENARIOS)
+
+
+@pytest.fixture(scope="module")
+def with_dataset(built):
+    for persona in PERSONAS:
+        built["materialize"](["big5_chat_replies"], persona.key)
+    built["quality"] = built["materialize"](["big5_chat_dataset", "dialogue_quality"])
+    return built
+
+
+def test_dataset_has_every_reply_and_no_scenario_in_two_splits(with_dataset):
+    result = with_dataset["quality"]
+    root = with_dataset["root"]
+    dataset = pd.read_parquet(root / "big5_chat_dataset" / "all" / "big5_chat.parquet")
+    assert len(dataset) == N_SCENARIOS * len(PERSONAS)
+    assert (dataset.groupby("scenario_id")["split"].nunique() == 1).all()
+    assert set(dataset.split) == {"train", "test"}
+    # every persona of a scenario shares the one opener
+    assert (dataset.groupby("scenario_id")["opener"].nunique() == 1).all()
+    lines = (root / "big5_chat_dataset" / "all" / "big5_chat.jsonl").read_text().splitlines()
+    record = json.loads(lines[0])
+    assert len(lines) == len(dataset)
+    assert {
+        "scenario_id",
+        "trait",
+        "level",
+        "narrative",
+        "person_x",
+        "person_y",
+        "opener",
+        "reply",
+        "flags",
+    } <= set(record)
+    assert json.loads(record["generation"])["formula"] == "paper"
+
+    quality = pd.read_parquet(root / "dialogue_quality" / "all" / "dialogue_quality.parquet")
+    assert quality.persona.tolist() == [p.key for p in PERSONAS]
+    (check,) = result.get_asset_check_evaluations()
+    assert check.check_name == "target_accuracy_above_chance"
+
+
+def test_training_sets_and_adapters_materialize(with_dataset):
+    root = with_dataset["root"]
+    result = with_dataset["materialize"](["sft_examples", "dpo_preference_pairs"])
+    (check,) = result.get_asset_check_evaluations()
+    assert check.check_name == "preference_pairs_are_valid" and check.passed
+    examples = pd.read_parquet(root / "sft_examples" / "all" / "sft_examples.parquet")
+    dataset = pd.read_parquet(root / "big5_chat_dataset" / "all" / "big5_chat.parquet")
+    # the SFT splits refine the dataset's split: test stays test, validation comes from train
+    merged = examples.merge(dataset[["record_id", "split"]], on="record_id", suffixes=("", "_ds"))
+    assert (merged.split_ds == "test").eq(merged.split == "test").all()
+
+    with_dataset["materialize"](["sft_adapter"])
+    with_dataset["materialize"](["dpo_adapter"])
+    for asset, seeds in (("sft_adapter", ["1", "2"]), ("dpo_adapter", ["1"])):
+        record = json.loads((root / asset / "all" / "adapters.json").read_text())
+        assert sorted(record["seeds"]) == seeds
+        for seed in seeds:
+            assert (root / asset / "all" / f"seed-{seed}" / "adapter_config.json").exists()
+        reports = json.loads((root / asset / "all" / "reports.json").read_text())
+        assert all(r["steps"] >= 1 and r["loss_curve"] for r in reports)
+    # different seeds give different adapters (the seed reaches the LoRA initialisation)
+    sft = json.loads((root / "sft_adapter" / "all" / "adapters.json").read_text())["seeds"]
+    assert sft["1"]["version"] != sft["2"]["version"]
+    dpo_reports = json.loads((root / "dpo_adapter" / "all" / "reports.json").read_text())
+    assert "rewards/accuracies" in dpo_reports[0]["metrics"]

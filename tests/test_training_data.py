@@ -1,0 +1,74 @@
+"""SFT examples and DPO pairs follow the dataset's split and never use flagged replies."""
+
+import pandas as pd
+import pytest
+from transformers import AutoTokenizer
+
+from big5_dagster.lib.training_data import dpo_pairs, sft_examples, training_split
+from big5_dagster.lib.traits import PERSONAS
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smollm2_tokenizer_dir):
+    return AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
+
+
+def dataset(n_scenarios: int = 6) -> pd.DataFrame:
+    rows = []
+    for s in range(n_scenarios):
+        for p in PERSONAS:
+            rows.append(
+                {
+                    "record_id": f"s{s}/{p.key}",
+                    "scenario_id": f"s{s}",
+                    "persona": p.key,
+                    "trait": p.trait,
+                    "level": p.level,
+                    "split": "test" if s == 0 else "train",
+                    "opener": f"Hello from scenario {s}",
+                    "reply": f"{p.key} reply to {s}",
+                    "refusal": False,
+                    "empty": False,
+                    "near_duplicate": False,
+                    "truncated": False,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_validation_is_carved_from_train_scenarios_only():
+    data = dataset(12)
+    split = training_split(data, validation_fraction=0.2, seed=1)
+    by_scenario = data.assign(split=split).groupby("scenario_id")["split"].nunique()
+    assert (by_scenario == 1).all()  # a scenario never spans two splits
+    assert set(split[data.split == "test"]) == {"test"}
+    assert (split == "validation").any() and (split == "train").any()
+    assert training_split(data.sample(frac=1, random_state=3), 0.2, 1).sort_index().equals(split)
+
+
+def test_sft_examples_put_the_persona_in_the_system_turn(tokenizer):
+    examples, dropped = sft_examples(dataset(), tokenizer, validation_fraction=0.2, seed=1)
+    assert len(examples) == 60 and dropped["total"] == 0
+    row = examples[examples.persona == "extraversion_low"].iloc[0]
+    assert "Extraversion - low" in row.prompt and row.prompt.index(
+        "Extraversion"
+    ) < row.prompt.index("Hello")
+    assert row.prompt.rstrip().endswith("assistant")  # the completion starts the assistant turn
+    assert row.completion == f"extraversion_low reply to {row.scenario_id[1:]}"
+
+
+def test_dpo_pairs_oppose_levels_and_drop_flagged_sides(tokenizer):
+    data = dataset()
+    data.loc[data.record_id == "s2/openness_low", "refusal"] = True
+    pairs, dropped = dpo_pairs(data, tokenizer, validation_fraction=0.2, seed=1)
+    # both directions of the openness pair in scenario 2 are dropped and counted
+    assert dropped == {"missing_opposite": 0, "flagged": 2, "total": 2}
+    assert len(pairs) == 58
+    pair = pairs[pairs.pair_id == "s3/neuroticism_high"].iloc[0]
+    assert (
+        pair.chosen == "neuroticism_high reply to 3"
+        and pair.rejected == "neuroticism_low reply to 3"
+    )
+    assert (pairs.chosen != pairs.rejected).all()
+    sft, sft_dropped = sft_examples(data, tokenizer, 0.2, 1)
+    assert sft_dropped["refusal"] == 1 and len(sft) == 59
