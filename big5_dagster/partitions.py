@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dagster as dg
 
+from big5_dagster.lib.evaluation import METHODS
 from big5_dagster.lib.traits import PERSONAS, TRAITS, Persona
 
 trait_partitions = dg.StaticPartitionsDefinition(list(TRAITS))
 persona_partitions = dg.StaticPartitionsDefinition([p.key for p in PERSONAS])
+method_partitions = dg.StaticPartitionsDefinition(list(METHODS))
 
 
 def partition_key_of(
@@ -20,7 +22,9 @@ def partition_key_of(
             if context.op_execution_context.has_partition_key
             else None
         )
-    return context.partition_key if context.has_partition_key else None
+    # A run's partition tag reaches every step, unpartitioned assets included.
+    partitioned = context.has_partition_key and context.assets_def.partitions_def is not None
+    return context.partition_key if partitioned else None
 
 
 def persona_of(context: dg.AssetExecutionContext) -> Persona:
@@ -34,4 +38,11 @@ def trait_of(context: dg.AssetExecutionContext) -> str:
     key = partition_key_of(context)
     if key not in TRAITS:
         raise ValueError(f"partition {key!r} is not a trait: expected one of {list(TRAITS)}")
+    return key
+
+
+def method_of(context: dg.AssetExecutionContext) -> str:
+    key = partition_key_of(context)
+    if key not in METHODS:
+        raise ValueError(f"partition {key!r} is not a method: expected one of {list(METHODS)}")
     return key

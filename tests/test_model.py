@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor
@@ -382,3 +383,137 @@ def test_embedded_model_converts_once_and_loads(tmp_path, monkeypatch):
     scores = score_options(loaded, [chat("Reply with a number from 1 to 5.")], OPTIONS)
     assert 0 < scores.option_mass[0] <= 1
     print(f"embedded conversion took {conversion_s:.1f} s")
+
+
+# --- generation over a shared prefix ---------------------------------------------------
+
+
+@pytest.fixture
+def one_torch_thread():
+    # The tiny model's matrices are too small to gain from threads; on a busy 2-core machine
+    # torch's spinning thread pool made these tests several times slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+SHARED_SYSTEM = "You are a person taking a questionnaire. Answer each statement with one number."
+
+
+def shared_prefix_conversations() -> list[list[dict[str, str]]]:
+    # Same system turn and opening; item texts of different token lengths, so batches of
+    # sorted suffix lengths still need padding between the prefix and the suffix.
+    return [chat(f"Rate from 1 to 5.\nStatement: {item}", system=SHARED_SYSTEM) for item in ITEMS]
+
+
+def test_shared_prefix_greedy_equals_generate_chat(tiny, one_torch_thread):
+    from big5_dagster.lib.model import generate_with_shared_prefix
+
+    conversations = shared_prefix_conversations()
+    params = SamplingParams(max_new_tokens=6, do_sample=False, seed=0)
+    reference = [generate_chat(tiny, [c], params, batch_size=1)[0] for c in conversations]
+    seen: list[tuple[int, int]] = []
+    shared = generate_with_shared_prefix(
+        tiny, conversations, params, batch_size=3, progress=lambda d, t: seen.append((d, t))
+    )
+    no_prefix = generate_with_shared_prefix(
+        tiny, conversations, params, batch_size=4, use_prefix_cache=False
+    )
+    assert [r.token_ids for r in shared] == [r.token_ids for r in reference]
+    assert [r.text for r in shared] == [r.text for r in reference]
+    assert [r.finish_reason for r in shared] == [r.finish_reason for r in reference]
+    assert [r.token_ids for r in no_prefix] == [r.token_ids for r in reference]
+    assert seen == [(3, 7), (6, 7), (7, 7)]
+    # Rendered prompt strings are used verbatim.
+    rendered = [render_chat(tiny.tokenizer, c) for c in conversations]
+    from_text = generate_with_shared_prefix(tiny, rendered, params, batch_size=7)
+    assert [r.token_ids for r in from_text] == [r.token_ids for r in reference]
+
+
+def test_shared_prefix_sampling_is_per_row_reproducible(tiny, one_torch_thread):
+    from big5_dagster.lib.model import generate_with_shared_prefix
+
+    conversations = shared_prefix_conversations()
+    params = SamplingParams(max_new_tokens=4, temperature=1.2, top_k=50, seed=7)
+    seeds = [11, 12, 13, 14, 15, 16, 17]
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    first = generate_with_shared_prefix(tiny, conversations, params, batch_size=3, seeds=seeds)
+    assert torch.equal(torch.rand(3), expected_next)  # the global RNG is not used
+    # Each row's reply depends on its prompt and seed only: not on batch size or neighbours.
+    reordered = generate_with_shared_prefix(
+        tiny, conversations[::-1], params, batch_size=2, seeds=seeds[::-1]
+    )
+    alone = generate_with_shared_prefix(tiny, conversations[4:5], params, seeds=seeds[4:5])
+    assert [r.token_ids for r in reordered[::-1]] == [r.token_ids for r in first]
+    assert alone[0].token_ids == first[4].token_ids
+    other = generate_with_shared_prefix(
+        tiny, conversations, params, batch_size=3, seeds=[s + 100 for s in seeds]
+    )
+    assert [r.token_ids for r in other] != [r.token_ids for r in first]
+    # Without explicit seeds, one per prompt is derived from params.seed.
+    derived = generate_with_shared_prefix(tiny, conversations, params, batch_size=3)
+    assert [r.token_ids for r in derived] == [
+        r.token_ids for r in generate_with_shared_prefix(tiny, conversations, params, batch_size=5)
+    ]
+    with pytest.raises(ValueError, match="got 2 seeds for 7 prompts"):
+        generate_with_shared_prefix(tiny, conversations, params, seeds=[1, 2])
+
+
+def test_generation_first_step_gives_the_option_scores(tiny, one_torch_thread):
+    from big5_dagster.lib.model import (
+        generate_and_score_with_shared_prefix,
+        generate_with_shared_prefix,
+    )
+
+    conversations = shared_prefix_conversations()
+    params = SamplingParams(max_new_tokens=3, temperature=0.7, seed=1)
+    results, scores = generate_and_score_with_shared_prefix(
+        tiny, conversations, params, OPTIONS, batch_size=3
+    )
+    direct = score_options(tiny, conversations, OPTIONS, batch_size=2)
+    assert scores.option_token_ids == direct.option_token_ids
+    assert scores.prefix_tokens == direct.prefix_tokens > 20
+    assert np.allclose(scores.logprobs, direct.logprobs, atol=1e-5)
+    assert (scores.argmax_token_ids == direct.argmax_token_ids).all()
+    plain = generate_with_shared_prefix(tiny, conversations, params, batch_size=3)
+    assert [r.token_ids for r in results] == [r.token_ids for r in plain]
+
+
+def test_per_row_sampler_samples_the_softmax():
+    from big5_dagster.lib.model import PerRowSampler
+
+    # p = softmax([-inf, 0, log 3]) = (0, 0.25, 0.75): the picked token follows p.
+    n = 4000
+    scores = torch.tensor([[float("-inf"), 0.0, float(torch.log(torch.tensor(3.0)))]]).repeat(n, 1)
+    picked = PerRowSampler(range(n))(torch.zeros((n, 1), dtype=torch.long), scores.clone())
+    assert ((picked == 0) | (picked == float("-inf"))).all()
+    assert (picked == 0).sum(dim=1).eq(1).all()  # exactly one token survives per row
+    share = torch.bincount(picked.argmax(dim=1), minlength=3).double() / n
+    assert share[0] == 0
+    assert abs(share[2].item() - 0.75) < 0.03  # 4.4 standard errors
+    # Row i's draw comes from seed i alone.
+    pair = PerRowSampler([5, 6])(torch.zeros((2, 1), dtype=torch.long), scores[:2].clone())
+    alone = PerRowSampler([6])(torch.zeros((1, 1), dtype=torch.long), scores[:1].clone())
+    assert torch.equal(pair[1], alone[0])
+
+
+def test_bench_inventory_reports_both_scorers_on_the_same_items(tiny, one_torch_thread):
+    from big5_dagster.lib.bench import bench_inventory
+    from big5_dagster.lib.inventories import load_inventory
+
+    bfi = load_inventory("bfi44")
+    figures = bench_inventory(tiny, bfi, 4, batch_size=2, max_new_tokens=2, repeats=1)
+    logprob, generate = figures["logprob"], figures["generate_and_parse"]
+    assert figures["n_items"] == 4 and figures["prefix_tokens"] > 20
+    assert sum(logprob["argmax_counts"].values()) == 4
+    assert sum(generate["parse_statuses"].values()) == 4
+    assert 0 < logprob["mean_option_mass"] < 1
+    assert 1 <= generate["mean_new_tokens"] <= 2
+    assert figures["logprob_to_generate_ratio"] == pytest.approx(
+        logprob["items_per_second"] / generate["items_per_second"]
+    )
+    with pytest.raises(ValueError, match=r"n_items must be between 1 and 44"):
+        bench_inventory(tiny, bfi, 45)

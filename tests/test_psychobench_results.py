@@ -154,3 +154,27 @@ def test_missing_file_and_unknown_question(tmp_path: Path, questionnaire) -> Non
         InventoryError, match=r"results line 2: question 9 is not in questionnaire 'TOY'"
     ):
         score_psychobench(read_psychobench_results(path), questionnaire)
+
+
+def test_import_command_prints_json_and_stores_rows(tmp_path: Path, capsys) -> None:
+    """`big5 import-psychobench` on the hand-computed file above, through the CLI."""
+    import duckdb
+
+    from big5_dagster import cli, paths
+
+    results = _write_csv(tmp_path / "r.csv", HEADER, ROWS)
+    questionnaires = tmp_path / "q.json"
+    questionnaires.write_text(json.dumps([QUESTIONNAIRE]))
+    argv = ["import-psychobench", str(results), "--questionnaire", str(questionnaires)]
+    assert cli.main([*argv, "--name", "TOY", "--format", "json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert set(printed) == {"A", "B", "C", "D"}
+    assert printed["A"]["mean"] == pytest.approx(23 / 6)
+    assert printed["A"]["sd"] == pytest.approx(math.sqrt(19 / 12))
+    assert printed["B"]["n_unparsed"] == 1 and printed["A"]["n_runs"] == 3
+
+    assert cli.main([*argv, "--name", "TOY", "--format", "json"]) == 0  # re-import: no duplicates
+    with duckdb.connect(str(paths.warehouse_path(paths.data_dir())), read_only=True) as con:
+        n_rows = con.execute("SELECT count(*) FROM psychobench_answers").fetchone()[0]
+        n_categories = con.execute("SELECT count(*) FROM psychobench_scores").fetchone()[0]
+    assert n_rows == len(read_psychobench_results(results)) and n_categories == 4

@@ -72,3 +72,18 @@ def test_dpo_pairs_oppose_levels_and_drop_flagged_sides(tokenizer):
     assert (pairs.chosen != pairs.rejected).all()
     sft, sft_dropped = sft_examples(data, tokenizer, 0.2, 1)
     assert sft_dropped["refusal"] == 1 and len(sft) == 59
+
+
+def test_demonstrations_come_from_unflagged_train_replies():
+    from big5_dagster.lib.training_data import demonstrations_by_persona
+
+    data = dataset(12)
+    data.loc[data.record_id == "s3/openness_high", "near_duplicate"] = True
+    demos = demonstrations_by_persona(data, n=5, seed=7)
+    assert set(demos) == {p.key for p in PERSONAS}
+    assert all(len(v) == 5 for v in demos.values())
+    assert "openness_high reply to 3" not in demos["openness_high"]  # flagged
+    assert all(not r.endswith(" to 0") for v in demos.values() for r in v)  # scenario 0 is test
+    assert demos == demonstrations_by_persona(data, n=5, seed=7)  # seeded
+    with pytest.raises(ValueError, match="usable train replies"):
+        demonstrations_by_persona(data, n=12, seed=7)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -30,7 +31,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -47,6 +48,9 @@ from transformers import (
     LogitsProcessorList,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
 )
 
 from big5_dagster.lib.storage import atomic_dir, hash_bytes
@@ -805,3 +809,248 @@ def score_options(
         argmax_logprobs=argmax_lp,
         prefix_tokens=prefix_len,
     )
+
+
+# --------------------------------------------------------------------------------------
+# Generation over prompts that share a long prefix
+# --------------------------------------------------------------------------------------
+
+
+class PerRowSampler(LogitsProcessor):
+    """Turns greedy decoding into sampling with one random stream per row.
+
+    At each step row i draws one uniform number from its own ``torch.Generator`` (seeded with
+    ``seeds[i]``) and picks the token where it falls in the cumulative softmax of the
+    processed scores (inverse-CDF sampling, exact for the distribution those scores define;
+    filtered tokens at -inf have probability 0 and are never picked). The scores come back
+    as 0 for the picked token and -inf elsewhere, so greedy decoding emits it. Row i uses only
+    its own stream, one draw per generated token, so its reply depends on its prompt and
+    seed, not on which other rows share its batch. Run it last, after the warpers.
+    """
+
+    def __init__(self, seeds: Iterable[int]) -> None:
+        self.seeds = [int(s) for s in seeds]
+        self._generators: list[torch.Generator] | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if scores.shape[0] != len(self.seeds):
+            raise ValueError(f"got {scores.shape[0]} rows of scores for {len(self.seeds)} seeds")
+        if self._generators is None:
+            self._generators = [torch.Generator().manual_seed(s) for s in self.seeds]
+        uniform = torch.cat(
+            [torch.rand(1, generator=g, dtype=torch.float64) for g in self._generators]
+        )
+        cdf = scores.double().softmax(dim=-1).cumsum(dim=-1)
+        # side 'right': the first token whose cumulative mass exceeds u * total, which always
+        # has positive probability (u = 0 cannot land on a leading zero-probability token).
+        target = (uniform.to(cdf.device) * cdf[:, -1]).unsqueeze(1)
+        picked = torch.searchsorted(cdf, target, right=True).clamp(max=scores.shape[1] - 1)
+        out = torch.full_like(scores, float("-inf"))
+        out.scatter_(1, picked, 0.0)
+        return out
+
+
+def row_seeds(seed: int, n: int) -> list[int]:
+    """``n`` well-spread 32-bit seeds derived from one ``seed`` (one per prompt, by index)."""
+    return (
+        [int(s) for s in np.random.SeedSequence([int(seed), n]).generate_state(n, np.uint32)]
+        if n
+        else []
+    )
+
+
+def _sampling_processors(params: SamplingParams, seeds: Sequence[int]) -> list[LogitsProcessor]:
+    """The warpers generate() applies when sampling, in its order, then the per-row sampler."""
+    processors: list[LogitsProcessor] = []
+    if params.temperature != 1.0:
+        processors.append(TemperatureLogitsWarper(params.temperature))
+    if params.top_k > 0:
+        processors.append(TopKLogitsWarper(top_k=params.top_k))
+    if params.top_p < 1.0:
+        processors.append(TopPLogitsWarper(top_p=params.top_p))
+    processors.append(PerRowSampler(seeds))
+    return processors
+
+
+def _prefix_cache(loaded: LoadedModel, prefix_ids: Sequence[int]) -> DynamicCache | None:
+    """The KV cache of ``prefix_ids`` (batch 1), or None for an empty prefix."""
+    if not prefix_ids:
+        return None
+    cache = DynamicCache(config=loaded.model.config)
+    loaded.model(
+        input_ids=torch.tensor([list(prefix_ids)], device=loaded.device),
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return cache
+
+
+@torch.inference_mode()
+def generate_with_shared_prefix(
+    loaded: LoadedModel,
+    prompts: Sequence[str | Conversation],
+    params: SamplingParams,
+    *,
+    batch_size: int = 16,
+    progress: ProgressCallback | None = None,
+    seeds: Sequence[int] | None = None,
+    use_prefix_cache: bool = True,
+) -> list[GenerationResult]:
+    """Reply to many prompts that share a long prefix, prefilling that prefix only once.
+
+    A prompt is a conversation (rendered with the chat template and the assistant header) or
+    an already rendered prompt string (used verbatim). The KV cache of the prompts' longest
+    common token prefix is computed once; each batch gets a copy of it (generate() appends
+    to the cache in place) and only prefills its rows' own suffixes. Batches group prompts of
+    similar suffix length (equal lengths need no padding at all); shorter suffixes are padded
+    *between* the prefix and the suffix, masked out, and generate() derives every real
+    token's position from the attention mask (cumsum - 1), so each row sees exactly the
+    positions of its unpadded prompt. With ``do_sample=False`` the tokens equal
+    ``generate_chat``'s greedy tokens (up to float rounding in near-ties).
+
+    Sampling (``params.do_sample``) is reproducible per row: prompt i is sampled with its own
+    random stream seeded by ``seeds[i]`` (inverse-CDF sampling of the processed scores, see
+    ``PerRowSampler``), so its reply does not depend on the batch size, on the other
+    prompts in the call, or on which prompts a cache already answered. ``seeds`` None derives
+    one seed per prompt from ``params.seed`` and the prompt's index (``row_seeds``). The
+    distribution equals generate()'s multinomial sampling with the same temperature, top-k,
+    top-p and repetition penalty; the draws differ, so sampled texts are not those of
+    ``generate_chat`` with the same seed. The global torch RNG is not used.
+    """
+    if not prompts:
+        return []
+    results, _ = _generate_shared(
+        loaded, prompts, params, None, batch_size, progress, seeds, use_prefix_cache
+    )
+    return results
+
+
+@torch.inference_mode()
+def generate_and_score_with_shared_prefix(
+    loaded: LoadedModel,
+    prompts: Sequence[str | Conversation],
+    params: SamplingParams,
+    options: Sequence[str],
+    *,
+    batch_size: int = 16,
+    progress: ProgressCallback | None = None,
+    seeds: Sequence[int] | None = None,
+) -> tuple[list[GenerationResult], OptionScores]:
+    """``generate_with_shared_prefix`` that also returns ``score_options``'s option scores.
+
+    The first generation step's logits are the next-token distribution right after the
+    prompt, before any sampling setting touches them: exactly what ``score_options``
+    computes. Reading the options' log-probabilities off that step gives both answers from
+    one prefill (the prefill of the prompts' suffixes is most of the cost of short
+    answers). Equal to ``score_options`` up to float rounding.
+    """
+    results, scores = _generate_shared(
+        loaded, prompts, params, options, batch_size, progress, seeds, True
+    )
+    if scores is None:  # unreachable: options were given
+        raise RuntimeError("option scores missing")
+    return results, scores
+
+
+def _generate_shared(
+    loaded: LoadedModel,
+    prompts: Sequence[str | Conversation],
+    params: SamplingParams,
+    options: Sequence[str] | None,
+    batch_size: int,
+    progress: ProgressCallback | None,
+    seeds: Sequence[int] | None,
+    use_prefix_cache: bool,
+) -> tuple[list[GenerationResult], OptionScores | None]:
+    tokenizer, model = loaded.tokenizer, loaded.model
+    texts = [
+        p if isinstance(p, str) else render_chat(tokenizer, p, index=i)
+        for i, p in enumerate(prompts)
+    ]
+    if not texts:
+        raise ValueError("generation needs at least one prompt")
+    if seeds is None:
+        seeds = row_seeds(params.seed, len(texts))
+    seeds = [int(s) for s in seeds]
+    if len(seeds) != len(texts):
+        raise ValueError(f"got {len(seeds)} seeds for {len(texts)} prompts")
+    prompt_ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    for i, ids in enumerate(prompt_ids):
+        if not ids:
+            raise ValueError(f"prompt {i} is empty")
+    option_ids = (
+        option_token_ids(tokenizer, texts, prompt_ids, options) if options is not None else None
+    )
+    # Every prompt keeps at least one token of its own: generate() needs an uncached input.
+    prefix_len = common_prefix_length(prompt_ids) if use_prefix_cache else 0
+    prefix_len = min(prefix_len, min(len(ids) for ids in prompt_ids) - 1)
+    prefix_cache = _prefix_cache(loaded, prompt_ids[0][:prefix_len])
+
+    eos_ids = eos_token_ids(model, tokenizer)
+    greedy = dataclasses.replace(params, do_sample=False)
+    gen_config = greedy.generation_config(eos_ids, tokenizer.pad_token_id)
+    gen_config.return_dict_in_generate = True
+    gen_config.output_logits = option_ids is not None  # raw logits; step 0 follows the prompt
+    suffixes = [ids[prefix_len:] for ids in prompt_ids]
+    prefix = torch.tensor(prompt_ids[0][:prefix_len], dtype=torch.long)
+    results: list[GenerationResult | None] = [None] * len(texts)
+    n_options = len(option_ids) if option_ids is not None else 0
+    logprobs = np.zeros((len(texts), n_options), dtype=np.float64)
+    argmax_ids = np.zeros(len(texts), dtype=np.int64)
+    argmax_lp = np.zeros(len(texts), dtype=np.float64)
+    done = 0
+    for batch in _batches_by_length([len(s) for s in suffixes], batch_size):
+        width = max(len(suffixes[i]) for i in batch)
+        suffix_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+        suffix_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, i in enumerate(batch):
+            n = len(suffixes[i])
+            suffix_ids[row, width - n :] = torch.tensor(suffixes[i])
+            suffix_mask[row, width - n :] = 1
+        # generate() takes the whole prompt and prefills only what the cache does not hold.
+        input_ids = torch.cat([prefix.expand(len(batch), prefix_len), suffix_ids], dim=1)
+        attention_mask = torch.cat(
+            [torch.ones((len(batch), prefix_len), dtype=torch.long), suffix_mask], dim=1
+        )
+        cache = None
+        if prefix_cache is not None:
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(len(batch))
+        processors = (
+            _sampling_processors(params, [seeds[i] for i in batch]) if params.do_sample else []
+        )
+        output = model.generate(
+            input_ids=input_ids.to(loaded.device),
+            attention_mask=attention_mask.to(loaded.device),
+            cache=cache,
+            generation_config=gen_config,
+            logits_processor=LogitsProcessorList(processors),
+        )
+        new_tokens = output.sequences[:, input_ids.shape[1] :].cpu().tolist()
+        for row, index in enumerate(batch):
+            results[index] = _finish(tokenizer, new_tokens[row], eos_ids)
+        if option_ids is not None:
+            # output.logits holds the raw (unprocessed) logits of every step; step 0 follows
+            # the prompt.
+            first = output.logits[0].float().log_softmax(dim=-1)
+            top_lp, top_id = first.max(dim=-1)
+            chosen = first[:, option_ids].double().cpu().numpy()
+            for row, index in enumerate(batch):
+                logprobs[index] = chosen[row]
+                argmax_ids[index] = int(top_id[row])
+                argmax_lp[index] = float(top_lp[row])
+        done += len(batch)
+        if progress is not None:
+            progress(done, len(texts))
+    scores = None
+    if option_ids is not None and options is not None:
+        scores = OptionScores(
+            options=tuple(options),
+            option_token_ids=tuple(option_ids),
+            logprobs=logprobs,
+            argmax_token_ids=argmax_ids,
+            argmax_logprobs=argmax_lp,
+            prefix_tokens=prefix_len,
+        )
+    return [r for r in results if r is not None], scores

@@ -38,6 +38,7 @@ import re
 import resource
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,8 @@ from big5_dagster.lib.model import LoadedModel, folder_fingerprint_parts
 from big5_dagster.lib.storage import atomic_dir, hash_dataframe, hash_dir, hash_json
 
 log = logging.getLogger(__name__)
+# trl 1.16 calls a transformers method deprecated in 5.x on every training step.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 Device = Literal["auto", "cpu", "cuda"]
 Progress = Callable[[str], None]

@@ -146,3 +146,17 @@ def dpo_pairs(
         "chosen", "rejected", "chosen_record_id", "rejected_record_id",
     ]  # fmt: skip
     return pd.DataFrame(records, columns=columns), dropped
+
+
+def demonstrations_by_persona(dataset: pd.DataFrame, n: int, seed: int) -> dict[str, list[str]]:
+    """``n`` replies of each persona for the demonstrations baseline: a seeded sample of its
+    unflagged train-split replies, so no test scenario leaks into a prompt."""
+    rows = dataset[(dataset["split"] == "train") & usable(dataset)]
+    picked: dict[str, list[str]] = {}
+    for persona, group in rows.groupby("persona", sort=True):
+        if len(group) < n:
+            raise ValueError(
+                f"persona {persona!r} has {len(group)} usable train replies, {n} demonstrations needed"
+            )
+        picked[str(persona)] = group.sample(n=n, random_state=seed)["reply"].tolist()
+    return picked
