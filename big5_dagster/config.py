@@ -18,7 +18,7 @@ from typing import Any, Literal, TypeVar
 
 import dagster as dg
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model, field_validator
 
 PROFILES = ("tiny", "paper")
 EMBEDDED_MODEL = "embedded"
@@ -42,6 +42,11 @@ class ModelSettings(Section):
     revision: str | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    backend: Literal["transformers", "vllm"] = "transformers"
+    """Engine of the inventory administration (generation and option scoring). vllm: a GPU
+    with the `gpu` extra installed; DExperts, training and lm-eval always use transformers."""
+    gpu_memory_utilization: float = 0.5
+    """vllm: share of GPU memory its engine may take (transformers shares the GPU)."""
 
 
 class PostsSettings(Section):
@@ -185,12 +190,83 @@ class TrainingSettings(Section):
     """Checkpoint every this many steps: an interrupted training resumes from there."""
 
 
+def _subset_of(values: list[str], allowed: tuple[str, ...]) -> list[str]:
+    unknown = [v for v in values if v not in allowed]
+    if unknown or not values:
+        raise ValueError(f"expected a non-empty list of {list(allowed)}, got {values}")
+    return values
+
+
+class EvaluationSettings(Section):
+    """Personality inventories administered to every method and persona (METHOD.md 6)."""
+
+    scorers: list[str] = ["logprob", "generate"]
+    """Any of logprob (option log-probabilities) and generate (generate-and-parse)."""
+    n_runs: int = 1
+    """Runs per item and option order (paper: 5); each run shuffles the item order."""
+    temperature: float = 0.6
+    max_new_tokens: int = 8
+    """generate-and-parse: the paper allowed 128; the answer is the first integer."""
+    option_orders: list[str] = ["normal", "reversed"]
+    n_demonstrations: int = 10
+    batch_size: int = 16
+    seed: int = 42
+    bootstrap_samples: int = 500
+    """Bootstrap resamples of the trait-correlation distance's confidence interval."""
+
+    # Dagster config cannot type a list of literals, so the allowed values are checked here.
+    @field_validator("scorers")
+    @classmethod
+    def _known_scorers(cls, value: list[str]) -> list[str]:
+        return _subset_of(value, ("logprob", "generate"))
+
+    @field_validator("option_orders")
+    @classmethod
+    def _known_orders(cls, value: list[str]) -> list[str]:
+        return _subset_of(value, ("normal", "reversed"))
+
+
+class ReasoningSettings(Section):
+    """Reasoning benchmarks through lm-evaluation-harness (METHOD.md 6, Reasoning)."""
+
+    tasks: Literal["local", "paper"] = "local"
+    """local: the project's offline task sets; paper: the paper's lm-eval tasks (hub)."""
+    n_social: int = 6
+    n_commonsense: int = 6
+    n_arithmetic: int = 4
+    n_shots: int = 2
+    """Few-shot examples of the local arithmetic task (the paper's gsm8k uses 5)."""
+    max_gen_toks: int = 32
+    choice_format: Literal["letter", "text"] = "letter"
+    """letter: options listed and their letters scored (one forward per item)."""
+    limit: int | None = None
+    batch_size: int = 8
+    seed: int = 42
+    apply_chat_template: bool = True
+    n_demonstrations: int = 10
+    """prompt_demonstrations: replies of the persona shown as examples (as in the evaluation)."""
+
+
+class AutomationSettings(Section):
+    """Schedules and sensors (they run while `dagster-daemon` runs, e.g. under `make ui`)."""
+
+    reevaluation_cron: str = "0 3 * * 1"
+    """weekly_reevaluation: cron in the timezone below (default Mondays 03:00)."""
+    timezone: str = "UTC"
+    schedule_running: bool = False
+    """Start weekly_reevaluation turned on (else turn it on in the UI)."""
+    evaluate_new_adapters: bool = True
+    """Run big5_evaluation for sft/dpo when a new adapter is materialized."""
+
+
 class Settings(BaseModel):
     """The whole configuration of one profile."""
 
     model_config = ConfigDict(extra="forbid")
 
     profile: str = "tiny"
+    executor: Literal["in_process", "multiprocess", "k8s", "celery"] = "multiprocess"
+    """How Dagster runs the steps of a run (deploy/ has instance files for k8s and celery)."""
     data_dir: str | None = None
     """Where artifacts and the warehouse live; BIG5_DATA_DIR overrides; default ./assets_data."""
     model: ModelSettings = ModelSettings()
@@ -201,6 +277,9 @@ class Settings(BaseModel):
     classifier: ClassifierSettings = ClassifierSettings()
     dialogues: DialogueSettings = DialogueSettings()
     training: TrainingSettings = TrainingSettings()
+    evaluation: EvaluationSettings = EvaluationSettings()
+    reasoning: ReasoningSettings = ReasoningSettings()
+    automation: AutomationSettings = AutomationSettings()
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:

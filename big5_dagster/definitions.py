@@ -9,7 +9,16 @@ import dagster as dg
 
 from big5_dagster import paths
 from big5_dagster.config import EMBEDDED_MODEL, Settings, active_settings
-from big5_dagster.defs import corpora, dialogues, experts, training
+from big5_dagster.defs import (
+    automation,
+    corpora,
+    dialogues,
+    evaluation,
+    experts,
+    reasoning,
+    report,
+    training,
+)
 from big5_dagster.defs.sql_models import build_sql_model_assets
 from big5_dagster.resources.artifacts import ArtifactStore
 from big5_dagster.resources.model_backend import ModelBackend
@@ -35,16 +44,42 @@ def build_resources(settings: Settings, root: Path) -> dict[str, dg.Configurable
     }
 
 
+def executor_for(name: str) -> dg.ExecutorDefinition:
+    """The Dagster executor named in the settings (integrations imported only when chosen)."""
+    if name == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
+    if name == "celery":
+        from dagster_celery import celery_executor
+
+        return celery_executor
+    return dg.in_process_executor if name == "in_process" else dg.multiprocess_executor
+
+
 def build_definitions(
     settings: Settings, root: Path, resources: dict[str, object] | None = None
 ) -> dg.Definitions:
     """All assets with resources for ``root``; ``resources`` swaps some (tests use a tiny model)."""
-    python_assets = [*corpora.assets, *experts.assets, *dialogues.assets, *training.assets]
+    python_assets = [
+        *corpora.assets,
+        *experts.assets,
+        *dialogues.assets,
+        *training.assets,
+        *evaluation.assets,
+        *reasoning.assets,
+        *report.assets,
+    ]
     sql_assets = build_sql_model_assets(paths.sql_models_dir(), python_assets)
+    evaluation_job = automation.evaluation_job()
     return dg.Definitions(
         assets=[*python_assets, *sql_assets],
         asset_checks=[*experts.asset_checks, *training.asset_checks],
         resources={**build_resources(settings, root), **(resources or {})},
+        executor=executor_for(settings.executor),
+        jobs=[automation.big5_full_pipeline, evaluation_job],
+        schedules=[automation.weekly_reevaluation_schedule(evaluation_job)],
+        sensors=automation.new_adapter_sensors(evaluation_job),
     )
 
 

@@ -1,0 +1,61 @@
+"""The scaling-out examples in deploy/ validate against Dagster's schemas and executors load."""
+
+import importlib
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+from dagster._config import validate_config
+from dagster._core.instance.config import dagster_instance_config
+
+from big5_dagster.config import load_settings, settings_from_mapping
+from big5_dagster.definitions import build_definitions, executor_for
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+INSTANCES = sorted(DEPLOY.glob("*/dagster.yaml"))
+
+
+def test_every_example_is_found():
+    assert {p.parent.name for p in INSTANCES} == {"postgres", "kubernetes", "celery"}
+
+
+@pytest.mark.parametrize("path", INSTANCES, ids=lambda p: p.parent.name)
+def test_instance_file_validates_with_its_classes(path, monkeypatch):
+    for var in (
+        "DAGSTER_PG_HOST",
+        "DAGSTER_PG_USERNAME",
+        "DAGSTER_PG_PASSWORD",
+        "DAGSTER_PG_DB",
+        "BIG5_IMAGE",
+    ):
+        monkeypatch.setenv(var, "x")
+    # the instance schema (storage fields included) is checked here; it raises on an error
+    config, _ = dagster_instance_config(str(path.parent))
+    raw = yaml.safe_load(path.read_text())
+    assert "postgres" in raw["storage"]
+    # each configurable class imports and accepts its config (no connection is made)
+    for key in ("run_launcher", "run_coordinator"):
+        if key in raw:
+            entry = raw[key]
+            cls = getattr(importlib.import_module(entry["module"]), entry["class"])
+            result = validate_config(cls.config_type(), entry.get("config", {}))
+            assert result.success, result.errors
+    assert config["storage"]["postgres"]["postgres_db"]["port"] == 5432
+
+
+@pytest.mark.parametrize("name", ["in_process", "multiprocess", "k8s", "celery"])
+def test_executors_load_into_the_definitions(name, tiny_backend, tmp_path):
+    settings = settings_from_mapping({"executor": name})
+    defs = build_definitions(settings, tmp_path, resources={"model": tiny_backend})
+    dg.Definitions.validate_loadable(defs)
+    assert defs.executor is executor_for(name)
+
+
+@pytest.mark.parametrize("folder,executor", [("kubernetes", "k8s"), ("celery", "celery")])
+def test_run_config_examples_match_their_executor(folder, executor):
+    run_config = yaml.safe_load((DEPLOY / folder / "run_config.yaml").read_text())
+    schema = executor_for(executor).config_schema
+    result = validate_config(schema.config_type, run_config["execution"]["config"])
+    assert result.success, result.errors
+    assert load_settings().executor == "multiprocess"  # the default stays local
