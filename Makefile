@@ -30,16 +30,16 @@ demo: setup
 	$(BIN)/big5 demo
 
 test: setup
-	$(BIN)/ruff check big5_dagster tests
-	$(BIN)/ruff format --check big5_dagster tests
+	$(BIN)/ruff check big5_dagster tests scripts
+	$(BIN)/ruff format --check big5_dagster tests scripts
 	$(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check big5_dagster tests
+	$(BIN)/ruff check big5_dagster tests scripts
 
 format: setup
-	$(BIN)/ruff format big5_dagster tests
-	$(BIN)/ruff check --fix big5_dagster tests
+	$(BIN)/ruff format big5_dagster tests scripts
+	$(BIN)/ruff check --fix big5_dagster tests scripts
 
 # The web UI and the daemon (schedules, sensors, backfills), bound to $(HOST).
 ui: setup

@@ -42,6 +42,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"results:    {root}")
     print(f"warehouse:  {warehouse_file}")
     print(f"dagster:    DAGSTER_HOME={home} (run `make ui` to browse the runs and the graph)")
+    report = paths.asset_dir(root, "big5_report") / "report.html"
+    if report.exists():
+        print(f"report:     {report}")
     return 0
 
 
@@ -143,6 +146,84 @@ def cmd_bench_training(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_inventory(args: argparse.Namespace) -> int:
+    from big5_dagster.lib.bench import bench_inventory
+    from big5_dagster.lib.inventories import load_inventory
+
+    inventory = load_inventory(args.inventory)
+    n_items = args.items or len(inventory.items)
+    figures = bench_inventory(
+        _backend().load(),
+        inventory,
+        n_items,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        repeats=args.repeats,
+        seed=args.seed,
+        log=lambda line: print(f"  {line}", file=sys.stderr),
+    )
+    lp, gp = figures["logprob"], figures["generate_and_parse"]
+    print(
+        f"model {figures['model_id']} ({figures['dtype']}, {figures['device']}, "
+        f"{figures['torch_threads']} threads), {inventory.name}: {n_items} items, "
+        f"batch {args.batch_size}, {args.repeats} repeats"
+    )
+    print(f"option log-probability  {lp['items_per_second']:8.2f} items/s")
+    print(
+        f"generate-and-parse      {gp['items_per_second']:8.2f} items/s  "
+        f"({gp['mean_new_tokens']:.1f} tokens/answer, parse failures {gp['parse_failure_rate']:.0%})"
+    )
+    print(f"ratio (logprob / generate) {figures['logprob_to_generate_ratio']:.2f}")
+    _print_figures(figures, args.json)
+    return 0
+
+
+def cmd_import_psychobench(args: argparse.Namespace) -> int:
+    """Score a PsychoBench result file, store its rows in the warehouse, print the summary."""
+    import pandas as pd
+
+    from big5_dagster.config import active_settings
+    from big5_dagster.lib.inventories import load_psychobench_questionnaire
+    from big5_dagster.lib.psychobench_results import read_psychobench_results, score_psychobench
+    from big5_dagster.lib.storage import hash_file
+    from big5_dagster.resources.warehouse import Warehouse
+
+    questionnaire = load_psychobench_questionnaire(args.questionnaire, args.name)
+    results = read_psychobench_results(args.results)
+    summary = score_psychobench(results, questionnaire)
+    source = str(Path(args.results).resolve())
+    rows = results.assign(
+        source_file=source,
+        source_version=hash_file(Path(args.results)),
+        questionnaire=args.name,
+        questionnaire_file=str(Path(args.questionnaire).resolve()),
+    )
+    categories = pd.DataFrame([{"category": c, **stats} for c, stats in summary.items()]).assign(
+        source_file=source, questionnaire=args.name
+    )
+    root = paths.data_dir(active_settings().data_dir)
+    warehouse = Warehouse(path=str(paths.warehouse_path(root)))
+    # Re-importing a file replaces its rows: the import is idempotent.
+    warehouse.replace_rows("psychobench_answers", rows, where={"source_file": source})
+    warehouse.replace_rows("psychobench_scores", categories, where={"source_file": source})
+    if args.format == "json":
+        print(json.dumps(_strict_json(summary), indent=2, allow_nan=False))
+    else:
+        print(categories.drop(columns=["source_file"]).to_string(index=False))
+    return 0
+
+
+def _strict_json(value: object) -> object:
+    """Plain JSON values: numpy numbers as Python numbers, NaN (undefined SD) as null."""
+    if isinstance(value, dict):
+        return {str(k): _strict_json(v) for k, v in value.items()}
+    if hasattr(value, "item"):  # numpy scalar
+        value = value.item()
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
 def cmd_settings(args: argparse.Namespace) -> int:
     from big5_dagster.config import active_settings
 
@@ -190,6 +271,28 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--seed", type=int, default=42)
     bt.add_argument("--json", action="store_true")
     bt.set_defaults(func=cmd_bench_training)
+
+    bi = bench_sub.add_parser(
+        "inventory", help="items/s of option log-probability vs generate-and-parse scoring"
+    )
+    bi.add_argument("--inventory", default="bfi44", choices=["bfi44", "ipip_neo_120"])
+    bi.add_argument("--items", type=int, default=None, help="first N items (default: all)")
+    bi.add_argument("--batch-size", type=int, default=16)
+    bi.add_argument("--max-new-tokens", type=int, default=8)
+    bi.add_argument("--repeats", type=int, default=2)
+    bi.add_argument("--seed", type=int, default=0)
+    bi.add_argument("--json", action="store_true")
+    bi.set_defaults(func=cmd_bench_inventory)
+
+    ipb = sub.add_parser(
+        "import-psychobench",
+        help="score a PsychoBench result CSV with a PsychoBench questionnaire and store it",
+    )
+    ipb.add_argument("results", help="a result CSV as PsychoBench writes it")
+    ipb.add_argument("--questionnaire", required=True, help="PsychoBench questionnaires JSON")
+    ipb.add_argument("--name", required=True, help="the questionnaire's name in that file")
+    ipb.add_argument("--format", choices=["json", "table"], default="json")
+    ipb.set_defaults(func=cmd_import_psychobench)
 
     st = sub.add_parser("settings", help="print the effective settings of the active profile")
     st.set_defaults(func=cmd_settings)

@@ -94,5 +94,9 @@ def materialize_outdated(
                 )
                 if not result.success:
                     raise RuntimeError(f"materialization of {label} failed")
+                for check in result.get_asset_check_evaluations():
+                    outcome = "passed" if check.passed else f"FAILED ({check.severity.value})"
+                    note = f": {check.description}" if check.description else ""
+                    log(f"    check {check.check_name} {outcome}{note}")
                 done.append(Step((key,), partition))
     return done

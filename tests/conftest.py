@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
+import socket
+
 import pytest
 from model_fixtures import *  # noqa: F401,F403  (tiny random-weight model with the real tokenizer)
 
@@ -21,3 +24,45 @@ def isolated_environment(tmp_path, monkeypatch):
     monkeypatch.delenv("BIG5_CONFIG", raising=False)
     monkeypatch.delenv("BIG5_PROFILE", raising=False)
     yield data
+
+
+class NetworkAccessError(RuntimeError):
+    """A test tried to reach a non-loopback address: the tiny profile must run offline."""
+
+
+_real_connect = socket.socket.connect
+_real_connect_ex = socket.socket.connect_ex
+
+
+def _is_loopback(address) -> bool:
+    if not isinstance(address, tuple):  # AF_UNIX paths and the like are local
+        return True
+    host = address[0]
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: resolving it would already be network access
+        return False
+
+
+def _guarded_connect(self, address):
+    if not _is_loopback(address):
+        raise NetworkAccessError(f"network access attempted: {address!r}")
+    return _real_connect(self, address)
+
+
+def _guarded_connect_ex(self, address):
+    if not _is_loopback(address):
+        raise NetworkAccessError(f"network access attempted: {address!r}")
+    return _real_connect_ex(self, address)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def socket_guard():
+    """Fail any connection to a non-loopback address for the whole test session."""
+    socket.socket.connect = _guarded_connect
+    socket.socket.connect_ex = _guarded_connect_ex
+    yield
+    socket.socket.connect = _real_connect
+    socket.socket.connect_ex = _real_connect_ex

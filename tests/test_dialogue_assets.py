@@ -1,6 +1,7 @@
 """The BIG5-CHAT dataset as assets, end to end on the tiny random-weight model."""
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -11,6 +12,7 @@ from big5_dagster import paths
 from big5_dagster.config import load_settings
 from big5_dagster.definitions import build_definitions
 from big5_dagster.lib import dexperts
+from big5_dagster.lib.evaluation import METHODS
 from big5_dagster.lib.traits import PERSONAS, TRAITS
 
 N_SCENARIOS = 6
@@ -28,6 +30,15 @@ SMALL = {
     "big5_chat_replies": {"max_new_tokens": 5, "batch_size": 2},
     "sft_adapter": {"max_length": 96, "seeds": [1, 2], "save_steps": 2},
     "dpo_adapter": {"max_length": 96, "seeds": [1], "dpo_init": "sft", "max_dpo_pairs": 16},
+    "inventory_responses": {
+        "batch_size": 32,
+        "max_new_tokens": 3,
+        "n_demonstrations": 2,
+        "option_orders": ["normal"],
+    },
+    "trait_correlations": {"bootstrap_samples": 20},
+    "reasoning_tasks": {"n_social": 2, "n_commonsense": 2, "n_arithmetic": 2, "n_shots": 1},
+    "reasoning_results": {"max_gen_toks": 4, "limit": 2, "n_demonstrations": 2},
 }
 
 
@@ -152,10 +163,18 @@ def test_dataset_has_every_reply_and_no_scenario_in_two_splits(with_dataset):
     assert check.check_name == "target_accuracy_above_chance"
 
 
-def test_training_sets_and_adapters_materialize(with_dataset):
-    root = with_dataset["root"]
+@pytest.fixture(scope="module")
+def with_adapters(with_dataset):
     result = with_dataset["materialize"](["sft_examples", "dpo_preference_pairs"])
-    (check,) = result.get_asset_check_evaluations()
+    with_dataset["pairs_check"] = result.get_asset_check_evaluations()
+    with_dataset["materialize"](["sft_adapter"])
+    with_dataset["materialize"](["dpo_adapter"])
+    return with_dataset
+
+
+def test_training_sets_and_adapters_materialize(with_adapters):
+    root = with_adapters["root"]
+    (check,) = with_adapters["pairs_check"]
     assert check.check_name == "preference_pairs_are_valid" and check.passed
     examples = pd.read_parquet(root / "sft_examples" / "all" / "sft_examples.parquet")
     dataset = pd.read_parquet(root / "big5_chat_dataset" / "all" / "big5_chat.parquet")
@@ -163,8 +182,6 @@ def test_training_sets_and_adapters_materialize(with_dataset):
     merged = examples.merge(dataset[["record_id", "split"]], on="record_id", suffixes=("", "_ds"))
     assert (merged.split_ds == "test").eq(merged.split == "test").all()
 
-    with_dataset["materialize"](["sft_adapter"])
-    with_dataset["materialize"](["dpo_adapter"])
     for asset, seeds in (("sft_adapter", ["1", "2"]), ("dpo_adapter", ["1"])):
         record = json.loads((root / asset / "all" / "adapters.json").read_text())
         assert sorted(record["seeds"]) == seeds
@@ -177,3 +194,61 @@ def test_training_sets_and_adapters_materialize(with_dataset):
     assert sft["1"]["version"] != sft["2"]["version"]
     dpo_reports = json.loads((root / "dpo_adapter" / "all" / "reports.json").read_text())
     assert "rewards/accuracies" in dpo_reports[0]["metrics"]
+
+
+def upstream_assets(warehouse: Path, asset: str) -> set[str]:
+    """Every asset reachable upstream of ``asset``'s latest materialization in lineage."""
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        edges = con.execute(
+            "SELECT m.asset, i.input_asset FROM lineage.materializations m "
+            "JOIN lineage.inputs i USING (materialization_id)"
+        ).fetchall()
+    parents: dict[str, set[str]] = {}
+    for child, parent in edges:
+        parents.setdefault(child, set()).add(parent)
+    seen, todo = set(), [asset]
+    while todo:
+        for parent in parents.get(todo.pop(), ()):
+            if parent not in seen:
+                seen.add(parent)
+                todo.append(parent)
+    return seen
+
+
+def test_every_method_is_evaluated_and_reported_with_lineage(with_adapters):
+    materialize, root = with_adapters["materialize"], with_adapters["root"]
+    materialize(["personality_inventories", "reasoning_tasks"])
+    for method in METHODS:
+        materialize(["inventory_responses", "reasoning_results"], method)
+    materialize(
+        ["inventory_scores", "psychometric_reliability", "trait_correlations", "reasoning_by_trait"]
+    )
+    result = materialize(["big5_report"])
+    warehouse = paths.warehouse_path(root)
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        scored = con.execute(
+            "SELECT DISTINCT method FROM inventory_scores WHERE scorer = 'logprob'"
+        ).fetchall()
+        reasoned = con.execute("SELECT DISTINCT method FROM reasoning_results").fetchall()
+        counts = con.execute(
+            "SELECT method, count(DISTINCT persona) FROM inventory_answers GROUP BY method"
+        ).fetchall()
+    assert {m for (m,) in scored} == set(METHODS) == {m for (m,) in reasoned}
+    # every method but base answers as each of the 10 personas
+    assert dict(counts) == {m: (1 if m == "base" else 10) for m in METHODS}
+
+    # the numbers trace back through the adapters and the dataset to the corpora
+    upstream = upstream_assets(warehouse, "inventory_scores")
+    assert {"inventory_responses", "sft_adapter", "dpo_adapter", "big5_chat_dataset"} <= upstream
+    assert {"psychgenerator_posts", "soda_scenarios", "personality_inventories"} <= upstream
+    assert {"reasoning_tasks", "sft_adapter"} <= upstream_assets(warehouse, "reasoning_by_trait")
+
+    (materialization,) = result.get_asset_materialization_events()
+    metadata = materialization.materialization.metadata
+    assert metadata["sections_missing"].value == 0
+    page = (root / "big5_report" / "all" / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') >= 10
+    assert 'src="http' not in page and "<link" not in page  # self-contained
+    for section in ("overview", "dataset", "inventory_scores", "correlations", "reasoning"):
+        assert f'id="{section}"' in page
+    assert "incomplete" not in page

@@ -27,6 +27,8 @@ SQL_MODELS = {
     "posts_text_length_stats",
     "scenario_stats",
 }
+# The foundation's part of the graph: corpora and the SQL models over them.
+FOUNDATION = [dg.AssetKey(name) for name in sorted(CORPORA | SQL_MODELS)]
 
 
 @pytest.fixture
@@ -78,7 +80,7 @@ def test_workspace_module_loads():
 
 
 def test_materialize_all_then_lineage_back_to_corpora(defs, instance, data_root, capsys):
-    steps = materialize_outdated(defs, instance, run_config=SMALL, log=lambda _: None)
+    steps = materialize_outdated(defs, instance, FOUNDATION, run_config=SMALL, log=lambda _: None)
     assert materialized(steps) == CORPORA | SQL_MODELS
 
     with duckdb.connect(str(paths.warehouse_path(data_root)), read_only=True) as con:
@@ -128,8 +130,10 @@ def test_materialize_all_then_lineage_back_to_corpora(defs, instance, data_root,
 
 
 def test_changed_input_recomputes_only_what_depends_on_it(defs, instance, data_root):
-    materialize_outdated(defs, instance, run_config=SMALL, log=lambda _: None)
-    assert materialize_outdated(defs, instance, run_config=SMALL, log=lambda _: None) == []
+    materialize_outdated(defs, instance, FOUNDATION, run_config=SMALL, log=lambda _: None)
+    assert (
+        materialize_outdated(defs, instance, FOUNDATION, run_config=SMALL, log=lambda _: None) == []
+    )
     before = lineage_rows(data_root, "soda_scenarios").data_version.tolist()
 
     # a new seed for the scenarios: a new data version, and only its dependents go stale
@@ -144,7 +148,7 @@ def test_changed_input_recomputes_only_what_depends_on_it(defs, instance, data_r
     after = lineage_rows(data_root, "soda_scenarios").data_version.tolist()
     assert len(after) == 2 and after[0] == before[0] and after[1] != before[0]
 
-    steps = materialize_outdated(defs, instance, run_config=SMALL, log=lambda _: None)
+    steps = materialize_outdated(defs, instance, FOUNDATION, run_config=SMALL, log=lambda _: None)
     assert materialized(steps) == {"stg_soda_scenarios", "scenario_stats"}
     assert len(lineage_rows(data_root, "psychgenerator_posts")) == 1
     assert len(lineage_rows(data_root, "posts_trait_level_counts")) == 1
@@ -159,6 +163,6 @@ def test_changed_input_recomputes_only_what_depends_on_it(defs, instance, data_r
 
 
 def test_lineage_command_reports_unknown_asset(defs, instance, capsys):
-    materialize_outdated(defs, instance, run_config=SMALL, log=lambda _: None)
+    materialize_outdated(defs, instance, FOUNDATION, run_config=SMALL, log=lambda _: None)
     assert cli.main(["lineage", "no_such_asset"]) == 1
     assert "no materialization of 'no_such_asset'" in capsys.readouterr().err

@@ -79,3 +79,19 @@ def test_lineage_tree_follows_input_data_versions(tmp_path):
     text = format_tree(tree)
     assert text.splitlines()[0].startswith("report  data=x1")
     assert "└── posts  data=v1" in text
+
+
+def test_a_column_missing_in_the_first_partition_takes_values_later(tmp_path):
+    # e.g. the base method has no system instruction; the prompting methods have one
+    wh = Warehouse(path=str(tmp_path / "w.duckdb"))
+    wh.replace_rows(
+        "results", pd.DataFrame({"method": ["base"], "system": [None]}), {"method": "base"}
+    )
+    wh.replace_rows(
+        "results", pd.DataFrame({"method": ["sft"], "system": ["be kind"]}), {"method": "sft"}
+    )
+    wh.replace_table("whole", pd.DataFrame({"method": ["base"], "system": [None]}))
+    rows = wh.query("SELECT method, system FROM results ORDER BY method")
+    assert rows.system.isna().tolist() == [True, False]
+    assert rows.system.iloc[1] == "be kind"
+    assert wh.query("SELECT typeof(system) AS t FROM whole").t[0] == "VARCHAR"

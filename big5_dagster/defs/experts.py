@@ -349,6 +349,7 @@ def expert_quality_gate(
     context: dg.AssetCheckExecutionContext,
     config: ExpertConfig,  # type: ignore[valid-type]
     store: ArtifactStore,
+    warehouse: Warehouse,
     model: ModelBackend,
 ) -> dg.AssetCheckResult:
     trait = context.partition_key
@@ -376,6 +377,7 @@ def expert_quality_gate(
                 }
             )
     table = pd.DataFrame(rows)
+    warehouse.replace_rows("expert_quality", table.assign(trait=trait), where={"trait": trait})
     on_target = float(
         table[table.on_target].eval("accuracy * n").sum() / table[table.on_target].n.sum()
     )

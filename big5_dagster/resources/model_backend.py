@@ -30,7 +30,7 @@ if TYPE_CHECKING:
         SamplingParams,
     )
 
-_CacheKey = tuple[str, str | None, str, str, str]
+_CacheKey = tuple[str | None, ...]
 _PROCESS_CACHE: dict[_CacheKey, LoadedModel] = {}
 _PROCESS_CACHE_LOCK = threading.Lock()
 
@@ -79,6 +79,25 @@ class ModelBackend(dg.ConfigurableResource, ModelSettings):
             dtype=self.dtype,
             device=self.device,
         )
+
+    def respondent(self) -> Any:
+        """What answers the inventories: the transformers model, or with backend 'vllm' a
+        vLLM engine (lib.vllm_backend.VllmModel), started once per process."""
+        if self.backend == "transformers":
+            return self.load()
+        from big5_dagster.lib.vllm_backend import VllmModel
+
+        key = ("vllm", *self._cache_key())
+        with _PROCESS_CACHE_LOCK:
+            if key not in _PROCESS_CACHE:
+                _PROCESS_CACHE[key] = VllmModel.load(
+                    self.base_model,
+                    models_dir=Path(self.models_dir),
+                    revision=self.revision,
+                    dtype="bfloat16" if self.dtype == "float32" else self.dtype,
+                    gpu_memory_utilization=self.gpu_memory_utilization,
+                )
+            return _PROCESS_CACHE[key]
 
     def model_id(self) -> str:
         """The model's id, without loading it."""

@@ -59,7 +59,7 @@ class Warehouse(dg.ConfigurableResource):
                 con.execute(f"CREATE SCHEMA IF NOT EXISTS {_ident(schema)}")
                 con.register("_incoming", df)
                 con.execute(
-                    f"CREATE OR REPLACE TABLE {_qualified(schema, name)} AS SELECT * FROM _incoming"
+                    f"CREATE OR REPLACE TABLE {_qualified(schema, name)} AS {_typed_select(con)}"
                 )
                 con.unregister("_incoming")
                 con.execute("COMMIT")
@@ -84,9 +84,10 @@ class Warehouse(dg.ConfigurableResource):
                 if _table_exists(con, name, schema):
                     cond = " AND ".join(f"{_ident(k)} IS NOT DISTINCT FROM ?" for k in where)
                     con.execute(f"DELETE FROM {target} WHERE {cond}", list(where.values()))
-                    con.execute(f"INSERT INTO {target} BY NAME SELECT * FROM _incoming")
+                    _widen_untyped_columns(con, target)
+                    con.execute(f"INSERT INTO {target} BY NAME {_typed_select(con)}")
                 else:
-                    con.execute(f"CREATE TABLE {target} AS SELECT * FROM _incoming")
+                    con.execute(f"CREATE TABLE {target} AS {_typed_select(con)}")
                 con.unregister("_incoming")
                 con.execute("COMMIT")
             except BaseException:
@@ -109,6 +110,31 @@ def _table_exists(con: duckdb.DuckDBPyConnection, name: str, schema: str) -> boo
         [schema, name],
     ).fetchall()
     return bool(rows)
+
+
+def _column_types(con: duckdb.DuckDBPyConnection, relation: str) -> dict[str, str]:
+    return {row[0]: row[1] for row in con.execute(f"DESCRIBE {relation}").fetchall()}
+
+
+def _typed_select(con: duckdb.DuckDBPyConnection) -> str:
+    """SELECT from the registered frame, with all-missing columns (DuckDB type NULL, which
+    no later row could be inserted into) stored as VARCHAR."""
+    untyped = [
+        c for c, t in _column_types(con, "_incoming").items() if t == '"NULL"' or t == "NULL"
+    ]
+    if not untyped:
+        return "SELECT * FROM _incoming"
+    casts = ", ".join(f"CAST({_ident(c)} AS VARCHAR) AS {_ident(c)}" for c in untyped)
+    return f"SELECT * REPLACE ({casts}) FROM _incoming"
+
+
+def _widen_untyped_columns(con: duckdb.DuckDBPyConnection, target: str) -> None:
+    """Give a column stored untyped (all missing so far) the type of the incoming rows."""
+    incoming = _column_types(con, "_incoming")
+    for column, kind in _column_types(con, target).items():
+        new = incoming.get(column)
+        if kind in ("NULL", '"NULL"') and new and new not in ("NULL", '"NULL"'):
+            con.execute(f"ALTER TABLE {target} ALTER {_ident(column)} TYPE {new}")
 
 
 def _ident(name: str) -> str:

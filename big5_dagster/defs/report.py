@@ -1,0 +1,135 @@
+"""The run report: one self-contained HTML file per run, built from the warehouse."""
+
+import json
+import shutil
+
+import dagster as dg
+
+from big5_dagster.config import active_settings
+from big5_dagster.defs.dialogues import big5_chat_dataset, dialogue_quality
+from big5_dagster.defs.evaluation import (
+    inventory_scores,
+    psychometric_reliability,
+    trait_correlations,
+)
+from big5_dagster.defs.experts import trait_classifier, trait_experts
+from big5_dagster.defs.reasoning import reasoning_by_trait
+from big5_dagster.defs.tracking import Tracker
+from big5_dagster.defs.training import dpo_adapter, sft_adapter
+from big5_dagster.lib import report
+from big5_dagster.lib.storage import atomic_file, hash_dataframe, hash_json, hash_source
+from big5_dagster.resources.artifacts import ArtifactStore
+from big5_dagster.resources.warehouse import Warehouse
+
+REPORT_TABLES = (
+    "big5_chat_dataset",
+    "scenario_openers",
+    "big5_chat_replies",
+    "trait_classifier_evaluation",
+    "expert_quality",
+    "dialogue_quality",
+    "inventory_scores",
+    "inventory_separation",
+    "inventory_answers",
+    "psychometric_reliability",
+    "trait_correlations",
+    "trait_correlation_distance",
+    "convergent_validity",
+    "reasoning_results",
+    "reasoning_by_trait",
+    "reasoning_direction_counts",
+)
+REPORT_FILE = "report.html"
+
+
+def read_report_data(warehouse: Warehouse, store: ArtifactStore, run_id: str) -> report.ReportData:
+    """Every table the report reads (those present), lineage without the report's own rows."""
+    tables = {
+        name: warehouse.query(f'SELECT * FROM "{name}"')
+        for name in REPORT_TABLES
+        if warehouse.table_exists(name)
+    }
+    if warehouse.table_exists("materializations", schema="lineage"):
+        tables["lineage"] = warehouse.query(
+            "SELECT * FROM lineage.materializations WHERE asset <> 'big5_report'"
+        )
+        tables["lineage_inputs"] = warehouse.query("SELECT * FROM lineage.inputs")
+    training_reports = {}
+    for asset in ("sft_adapter", "dpo_adapter"):
+        path = store.file(asset, "reports.json")
+        if path.exists():
+            training_reports[asset] = json.loads(path.read_text())
+    settings = active_settings()
+    return report.ReportData(
+        tables=tables,
+        training_reports=training_reports,
+        run={
+            "run id": run_id,
+            "profile": settings.profile,
+            "base model": settings.model.base_model,
+            "data directory": str(store.root_path),
+        },
+    )
+
+
+@dg.asset(
+    deps=[
+        big5_chat_dataset,
+        dialogue_quality,
+        trait_classifier,
+        trait_experts,
+        sft_adapter,
+        dpo_adapter,
+        inventory_scores,
+        psychometric_reliability,
+        trait_correlations,
+        reasoning_by_trait,
+    ],
+    group_name="report",
+    kinds={"html"},
+    code_version=hash_source(report, read_report_data),
+)
+def big5_report(
+    context: dg.AssetExecutionContext, store: ArtifactStore, warehouse: Warehouse
+) -> dg.MaterializeResult:
+    """One self-contained HTML report of the run (plots embedded as PNG): dataset and flags,
+    classifier and expert quality, inventory scores beside human norms, separation,
+    reliability, correlation heatmaps, reasoning, failure rates, costs per stage, lineage."""
+    tracker = Tracker(context, warehouse)
+    data = read_report_data(warehouse, store, context.run.run_id)
+    page, sections = report.build_report(data)
+    folder = store.asset_dir("big5_report")
+    run_copy = folder / "runs" / f"report-{context.run.run_id}.html"
+    run_copy.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(run_copy) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    latest = folder / REPORT_FILE
+    with atomic_file(latest) as tmp:
+        shutil.copyfile(run_copy, tmp)
+    unfilled = [s.title for s in sections if not s.filled]
+    if unfilled:
+        context.log.warning(f"report sections without data: {', '.join(unfilled)}")
+    summary = "\n".join(
+        f"- {'✅' if s.filled else '⚠️ missing ' + ', '.join(s.missing)} {s.title}" for s in sections
+    )
+    return tracker.result(
+        data_version=hash_json(
+            {
+                name: hash_dataframe(frame)
+                for name, frame in sorted(data.tables.items())
+                if name not in ("lineage", "lineage_inputs")
+            }
+        ),
+        rows=len(sections),
+        artifacts=[latest, run_copy],
+        metadata={
+            "report": dg.MetadataValue.path(str(latest)),
+            "this_run": dg.MetadataValue.path(str(run_copy)),
+            "sections": dg.MetadataValue.md(summary),
+            "sections_filled": len(sections) - len(unfilled),
+            "sections_missing": len(unfilled),
+        },
+    )
+
+
+assets = [big5_report]
