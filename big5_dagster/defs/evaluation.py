@@ -17,7 +17,7 @@ from big5_dagster.defs.training import adapter_records, dpo_adapter, sft_adapter
 from big5_dagster.lib import dexperts, evaluation, human_reference, psychometrics, training_data
 from big5_dagster.lib.model import LoadedModel
 from big5_dagster.lib.storage import hash_dataframe, hash_source, write_parquet
-from big5_dagster.lib.traits import PERSONAS
+from big5_dagster.lib.traits import PERSONAS, TRAITS
 from big5_dagster.partitions import method_of, method_partitions
 from big5_dagster.resources.artifacts import ArtifactStore
 from big5_dagster.resources.model_backend import ModelBackend
@@ -27,6 +27,7 @@ settings = active_settings()
 EvaluationConfig = with_defaults(EvaluationSettings, settings.evaluation)
 ANSWERS_TABLE = "inventory_answers"
 RESPONDENT = ("method", "persona", "adapter_seed", "run", "option_order")
+MIN_PERSONAS_FOR_CORRELATIONS = 3  # a correlation across fewer conditions is undefined
 
 
 def method_conditions(
@@ -344,14 +345,36 @@ def trait_correlations(
     for (scorer, method, inventory), group in scores.groupby(["scorer", "method", "inventory"]):
         for seed, rows in group.groupby("adapter_seed"):
             means = psychometrics.persona_trait_means(rows)
+            complete = int(means[list(TRAITS)].notna().all(axis=1).sum())
+            if complete < MIN_PERSONAS_FOR_CORRELATIONS:
+                # Too many failed answers (e.g. nothing parsed): reported, not computed.
+                context.log.warning(
+                    f"{scorer}/{method}/{inventory}/seed {seed}: {complete} personas with all "
+                    "five trait scores; no correlation matrix"
+                )
+                distances.append(
+                    {
+                        "scorer": scorer,
+                        "method": method,
+                        "inventory": inventory,
+                        "adapter_seed": seed,
+                        "n_valid": 0,
+                        "n_complete_personas": complete,
+                        "reference": human_reference.HUMAN_TRAIT_CORRELATIONS_SOURCE.citation,
+                    }
+                )
+                continue
             matrix = psychometrics.persona_correlation_matrix(means)
             long = matrix.stack(future_stack=True).rename("r").reset_index()
             long.columns = ["trait_a", "trait_b", "r"]
             matrices.append(
                 long.assign(scorer=scorer, method=method, inventory=inventory, adapter_seed=seed)
             )
+            respondents = psychometrics.wide_trait_scores(
+                rows, respondent_columns=("persona", "run", "option_order")
+            )
             boot = psychometrics.bootstrap_frobenius(
-                rows, reference, config.bootstrap_samples, config.seed
+                respondents, reference, config.bootstrap_samples, config.seed
             )
             distances.append(
                 {
@@ -364,6 +387,7 @@ def trait_correlations(
                     "ci_high": boot.ci_high,
                     "n_boot": boot.n_boot,
                     "n_valid": boot.n_valid,
+                    "n_complete_personas": complete,
                     "reference": human_reference.HUMAN_TRAIT_CORRELATIONS_SOURCE.citation,
                 }
             )
@@ -375,7 +399,14 @@ def trait_correlations(
             table = psychometrics.convergent_correlations(
                 by_inventory["bfi44"], by_inventory["ipip_neo_120"]
             )
-            convergent.append(table.assign(scorer=scorer, method=method, adapter_seed=seed))
+            convergent.append(
+                table.reset_index().assign(scorer=scorer, method=method, adapter_seed=seed)
+            )
+    if not matrices:
+        raise ValueError(
+            "no method, inventory and scorer has 3 personas with all five trait scores: "
+            "no trait correlations can be computed (see the parse-failure rates in inventory_scores)"
+        )
     matrix_table = pd.concat(matrices, ignore_index=True)
     distance_table = pd.DataFrame(distances)
     convergent_table = pd.concat(convergent, ignore_index=True) if convergent else pd.DataFrame()

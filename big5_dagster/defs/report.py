@@ -17,7 +17,7 @@ from big5_dagster.defs.reasoning import reasoning_by_trait
 from big5_dagster.defs.tracking import Tracker
 from big5_dagster.defs.training import dpo_adapter, sft_adapter
 from big5_dagster.lib import report
-from big5_dagster.lib.storage import atomic_file, hash_dataframe, hash_json, hash_source
+from big5_dagster.lib.storage import atomic_file, hash_json, hash_source
 from big5_dagster.resources.artifacts import ArtifactStore
 from big5_dagster.resources.warehouse import Warehouse
 
@@ -113,13 +113,8 @@ def big5_report(
         f"- {'✅' if s.filled else '⚠️ missing ' + ', '.join(s.missing)} {s.title}" for s in sections
     )
     return tracker.result(
-        data_version=hash_json(
-            {
-                name: hash_dataframe(frame)
-                for name, frame in sorted(data.tables.items())
-                if name not in ("lineage", "lineage_inputs")
-            }
-        ),
+        # The report is a function of its inputs: their data versions identify it.
+        data_version=hash_json([list(v.__dict__.values()) for v in tracker.input_versions()]),
         rows=len(sections),
         artifacts=[latest, run_copy],
         metadata={

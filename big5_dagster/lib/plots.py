@@ -62,9 +62,16 @@ def bar_chart(
     reference_label: str = "",
 ) -> bytes:
     """Grouped bars of ``y`` by ``x`` (one colour per ``hue``), with an optional line."""
-    table = frame.pivot_table(index=x, columns=hue, values=y) if hue else frame.set_index(x)[[y]]
+    table = (
+        frame.pivot_table(index=x, columns=hue, values=y, dropna=False)
+        if hue
+        else frame.set_index(x)[[y]]
+    ).astype(float)
     fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * len(table) + 2), 3.2))
-    table.plot.bar(ax=ax, legend=hue is not None, width=0.8)
+    if np.isfinite(table.to_numpy()).any():
+        table.plot.bar(ax=ax, legend=hue is not None, width=0.8)
+    else:  # e.g. alpha of a condition where every answer failed: say so, do not crash
+        ax.text(0.5, 0.5, "no finite values", ha="center", va="center", transform=ax.transAxes)
     if reference is not None:
         ax.axhline(reference, color="grey", linestyle="--", linewidth=1, label=reference_label)
         if reference_label:

@@ -52,7 +52,8 @@ class Section:
         self.blocks.append(f"<p>{html.escape(paragraph)}</p>")
 
     def table(self, frame: pd.DataFrame, caption: str | None = None, digits: int = 3) -> None:
-        shown = frame.round(digits) if len(frame) else frame
+        numeric = frame.select_dtypes("number").columns
+        shown = frame.assign(**{c: frame[c].round(digits) for c in numeric})
         heading = f"<h4>{html.escape(caption)}</h4>" if caption else ""
         body = shown.to_html(index=False, na_rep="–", border=0, classes="data", escape=True)
         self.blocks.append(f'{heading}<div class="scroll">{body}</div>')
