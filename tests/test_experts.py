@@ -14,11 +14,16 @@ from big5_dagster.lib.experts import (
     example_completions,
     expert_examples,
     expert_prompt,
-    generate_from_text,
     heldout_prefixes,
     split_prefix,
 )
-from big5_dagster.lib.model import SamplingParams, generate_chat, load_model, render_chat
+from big5_dagster.lib.model import (
+    SamplingParams,
+    generate_chat,
+    generate_from_text,
+    load_model,
+    render_chat,
+)
 from big5_dagster.lib.synthetic import generate_posts
 
 TRAIT = "extraversion"

@@ -18,17 +18,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
-from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from big5_dagster.lib.model import (
     GenerationResult,
     LoadedModel,
     SamplingParams,
-    _batches_by_length,
-    _finish,
-    _seeded,
-    eos_token_ids,
+    generate_from_text,
 )
 from big5_dagster.lib.prompts import expert_messages
 from big5_dagster.lib.traits import LEVELS, TRAITS, Persona
@@ -168,56 +164,6 @@ def heldout_prefixes(posts: pd.DataFrame, trait: str, n_per_level: int, seed: in
     rows = _usable_rows(posts, trait, "test")
     sample = _balanced_sample(rows, _per_level(rows, n_per_level, trait, "test"), seed)
     return sample[list(PREFIX_COLUMNS)].reset_index(drop=True)
-
-
-@torch.inference_mode()
-def generate_from_text(
-    loaded: LoadedModel,
-    prompts: Sequence[str],
-    params: SamplingParams,
-    *,
-    batch_size: int = 8,
-    progress: Callable[[int, int], None] | None = None,
-    logits_processors: Sequence[LogitsProcessor] = (),
-) -> list[GenerationResult]:
-    """Continue already rendered prompt strings (no chat template applied), in input order.
-
-    The raw-text twin of ``lib.model.generate_chat`` (same batching by length, left padding,
-    seeding and EOS handling): prompts are tokenized with ``add_special_tokens=False``
-    because a rendered prompt holds its special tokens already.
-    """
-    if not prompts:
-        return []
-    tokenizer, model = loaded.tokenizer, loaded.model
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    for i, ids in enumerate(encoded):
-        if not ids:
-            raise ValueError(f"prompt {i} is empty")
-    eos_ids = eos_token_ids(model, tokenizer)
-    gen_config = params.generation_config(eos_ids, tokenizer.pad_token_id)
-    results: list[GenerationResult | None] = [None] * len(prompts)
-    done = 0
-    with _seeded(params.seed, loaded.device):
-        for batch in _batches_by_length([len(ids) for ids in encoded], batch_size):
-            # Left padding: generation continues at the right end of every row.
-            inputs = tokenizer.pad(
-                {"input_ids": [encoded[i] for i in batch]},
-                padding=True,
-                padding_side="left",
-                return_tensors="pt",
-            ).to(loaded.device)
-            output = model.generate(
-                **inputs,
-                generation_config=gen_config,
-                logits_processor=LogitsProcessorList(logits_processors),
-            )
-            new_tokens = output[:, inputs["input_ids"].shape[1] :].cpu().tolist()
-            for row, index in enumerate(batch):
-                results[index] = _finish(tokenizer, new_tokens[row], eos_ids)
-            done += len(batch)
-            if progress is not None:
-                progress(done, len(prompts))
-    return [r for r in results if r is not None]
 
 
 def complete_prefixes(

@@ -585,24 +585,56 @@ def generate_chat(
     progress: ProgressCallback | None = None,
     logits_processors: Sequence[LogitsProcessor] = (),
 ) -> list[GenerationResult]:
-    """Reply to each conversation (list of {role, content} messages), in input order.
+    """Reply to each conversation (list of {role, content} messages), in input order: the
+    prompts rendered with the chat template, then generated as ``generate_from_text`` does."""
+    prompts = [render_chat(loaded.tokenizer, c, index=i) for i, c in enumerate(conversations)]
+    return generate_from_text(
+        loaded,
+        prompts,
+        params,
+        batch_size=batch_size,
+        progress=progress,
+        logits_processors=logits_processors,
+    )
 
-    Prompts are rendered with the chat template and generated in left-padded batches of
-    similar length. Seeded: the same call with the same inputs returns the same texts.
-    ``logits_processors`` run on every step after the built-in ones (e.g. DExperts steering).
-    ``progress(done, total)`` is called after each batch.
+
+@torch.inference_mode()
+def generate_from_text(
+    loaded: LoadedModel,
+    prompts: Sequence[str],
+    params: SamplingParams,
+    *,
+    batch_size: int = 8,
+    progress: ProgressCallback | None = None,
+    logits_processors: Sequence[LogitsProcessor] = (),
+) -> list[GenerationResult]:
+    """Continue already rendered prompt strings (no chat template applied), in input order.
+
+    Prompts are tokenized with ``add_special_tokens=False`` because a rendered prompt holds
+    its special tokens already, and generated in left-padded batches of similar length.
+    Seeded: the same call with the same inputs returns the same texts. ``logits_processors``
+    run on every step after the built-in ones (e.g. DExperts steering). ``progress(done,
+    total)`` is called after each batch.
     """
+    if not prompts:
+        return []
     tokenizer, model = loaded.tokenizer, loaded.model
-    prompts = [render_chat(tokenizer, c, index=i) for i, c in enumerate(conversations)]
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    for i, ids in enumerate(encoded):
+        if not ids:
+            raise ValueError(f"prompt {i} is empty")
     eos_ids = eos_token_ids(model, tokenizer)
     gen_config = params.generation_config(eos_ids, tokenizer.pad_token_id)
     results: list[GenerationResult | None] = [None] * len(prompts)
     done = 0
     with _seeded(params.seed, loaded.device):
         for batch in _batches_by_length([len(ids) for ids in encoded], batch_size):
+            # Left padding: generation continues at the right end of every row.
             inputs = tokenizer.pad(
-                {"input_ids": [encoded[i] for i in batch]}, padding=True, return_tensors="pt"
+                {"input_ids": [encoded[i] for i in batch]},
+                padding=True,
+                padding_side="left",
+                return_tensors="pt",
             ).to(loaded.device)
             output = model.generate(
                 **inputs,
@@ -701,6 +733,17 @@ def option_token_ids(
     return ids
 
 
+def _left_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows right-aligned in one tensor (pads on the left) and the mask of real tokens."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for k, row in enumerate(rows):
+        ids[k, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        mask[k, width - len(row) :] = 1
+    return ids, mask
+
+
 def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
     """Length of the longest token prefix shared by all sequences."""
     if not sequences:
@@ -766,13 +809,7 @@ def score_options(
     suffixes = [ids[prefix_len:] for ids in prompt_ids]
     done = 0
     for batch in _batches_by_length([len(s) for s in suffixes], batch_size):
-        width = max(len(suffixes[i]) for i in batch)
-        input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
-        suffix_mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):
-            n = len(suffixes[i])
-            input_ids[row, width - n :] = torch.tensor(suffixes[i])
-            suffix_mask[row, width - n :] = 1
+        input_ids, suffix_mask = _left_padded([suffixes[i] for i in batch], tokenizer.pad_token_id)
         # Pads sit between the shared prefix and each suffix: mask them and give the real
         # tokens the positions they have in the unpadded prompt.
         position_ids = (prefix_len + suffix_mask.cumsum(1) - 1).clamp(min=prefix_len)
@@ -1001,13 +1038,7 @@ def _generate_shared(
     argmax_lp = np.zeros(len(texts), dtype=np.float64)
     done = 0
     for batch in _batches_by_length([len(s) for s in suffixes], batch_size):
-        width = max(len(suffixes[i]) for i in batch)
-        suffix_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
-        suffix_mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):
-            n = len(suffixes[i])
-            suffix_ids[row, width - n :] = torch.tensor(suffixes[i])
-            suffix_mask[row, width - n :] = 1
+        suffix_ids, suffix_mask = _left_padded([suffixes[i] for i in batch], tokenizer.pad_token_id)
         # generate() takes the whole prompt and prefills only what the cache does not hold.
         input_ids = torch.cat([prefix.expand(len(batch), prefix_len), suffix_ids], dim=1)
         attention_mask = torch.cat(
