@@ -26,23 +26,20 @@ def _prepare_dagster_home(root: Path) -> Path:
 def cmd_demo(args: argparse.Namespace) -> int:
     import dagster as dg
 
-    from big5_dagster.config import active_settings
-    from big5_dagster.definitions import defs, warehouse_file
+    from big5_dagster.definitions import data_root, defs, settings
     from big5_dagster.runner import materialize_outdated
 
-    settings = active_settings()
-    root = paths.data_dir(settings.data_dir)
-    home = _prepare_dagster_home(root)
+    home = _prepare_dagster_home(data_root)
     started = time.perf_counter()
-    print(f"big5 demo: profile {settings.profile!r}, data in {root}")
+    print(f"big5 demo: profile {settings.profile!r}, data in {data_root}")
     with dg.DagsterInstance.get() as instance:
         steps = materialize_outdated(defs, instance, force=args.force)
     seconds = time.perf_counter() - started
     print(f"\n{len(steps)} materializations in {seconds:.1f} s")
-    print(f"results:    {root}")
-    print(f"warehouse:  {warehouse_file}")
+    print(f"results:    {data_root}")
+    print(f"warehouse:  {paths.warehouse_path(data_root)}")
     print(f"dagster:    DAGSTER_HOME={home} (run `make ui` to browse the runs and the graph)")
-    report = paths.asset_dir(root, "big5_report") / "report.html"
+    report = paths.asset_dir(data_root, "big5_report") / "report.html"
     if report.exists():
         print(f"report:     {report}")
     return 0
@@ -50,7 +47,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_lineage(args: argparse.Namespace) -> int:
     from big5_dagster.config import active_settings
-    from big5_dagster.lib.lineage import format_tree, lineage_tree
+    from big5_dagster.lib.common.lineage import format_tree, lineage_tree
     from big5_dagster.resources.warehouse import Warehouse
 
     root = paths.data_dir(active_settings().data_dir)
@@ -75,11 +72,10 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 def _backend():
     """The model backend of the active profile, as the pipeline configures it."""
     from big5_dagster.config import active_settings
-    from big5_dagster.resources.model_backend import ModelBackend
+    from big5_dagster.resources import build_resources
 
     settings = active_settings()
-    root = paths.data_dir(settings.data_dir)
-    return ModelBackend(**settings.model.model_dump(), models_dir=str(paths.models_dir(root)))
+    return build_resources(settings, paths.data_dir(settings.data_dir))["model"]
 
 
 def _print_figures(figures: dict, as_json: bool) -> None:
@@ -88,7 +84,7 @@ def _print_figures(figures: dict, as_json: bool) -> None:
 
 
 def cmd_bench_dexperts(args: argparse.Namespace) -> int:
-    from big5_dagster.lib.bench import bench_dexperts, dialogue_bench_requests
+    from big5_dagster.bench.dexperts import bench_dexperts, dialogue_bench_requests
     from big5_dagster.lib.traits import Persona
 
     loaded = _backend().load()
@@ -121,7 +117,7 @@ def cmd_bench_dexperts(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_training(args: argparse.Namespace) -> int:
-    from big5_dagster.benchmarks import bench_training
+    from big5_dagster.bench.training import bench_training
     from big5_dagster.config import active_settings
 
     settings = active_settings()
@@ -147,8 +143,8 @@ def cmd_bench_training(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_inventory(args: argparse.Namespace) -> int:
-    from big5_dagster.lib.bench import bench_inventory
-    from big5_dagster.lib.inventories import load_inventory
+    from big5_dagster.bench.inventory import bench_inventory
+    from big5_dagster.lib.personality.inventory import load_inventory
 
     inventory = load_inventory(args.inventory)
     n_items = args.items or len(inventory.items)
@@ -183,9 +179,13 @@ def cmd_import_psychobench(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from big5_dagster.config import active_settings
-    from big5_dagster.lib.inventories import load_psychobench_questionnaire
-    from big5_dagster.lib.psychobench_results import read_psychobench_results, score_psychobench
-    from big5_dagster.lib.storage import hash_file
+    from big5_dagster.lib.common.hashing import hash_file
+    from big5_dagster.lib.common.jsonable import jsonable
+    from big5_dagster.lib.personality.psychobench import load_psychobench_questionnaire
+    from big5_dagster.lib.personality.psychobench_results import (
+        read_psychobench_results,
+        score_psychobench,
+    )
     from big5_dagster.resources.warehouse import Warehouse
 
     questionnaire = load_psychobench_questionnaire(args.questionnaire, args.name)
@@ -207,21 +207,10 @@ def cmd_import_psychobench(args: argparse.Namespace) -> int:
     warehouse.replace_rows("psychobench_answers", rows, where={"source_file": source})
     warehouse.replace_rows("psychobench_scores", categories, where={"source_file": source})
     if args.format == "json":
-        print(json.dumps(_strict_json(summary), indent=2, allow_nan=False))
+        print(json.dumps(jsonable(summary), indent=2, allow_nan=False))
     else:
         print(categories.drop(columns=["source_file"]).to_string(index=False))
     return 0
-
-
-def _strict_json(value: object) -> object:
-    """Plain JSON values: numpy numbers as Python numbers, NaN (undefined SD) as null."""
-    if isinstance(value, dict):
-        return {str(k): _strict_json(v) for k, v in value.items()}
-    if hasattr(value, "item"):  # numpy scalar
-        value = value.item()
-    if isinstance(value, float) and value != value:
-        return None
-    return value
 
 
 def cmd_settings(args: argparse.Namespace) -> int:

@@ -10,8 +10,13 @@ Choose a profile with ``BIG5_PROFILE=tiny|paper`` or a custom YAML file with
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
-from functools import lru_cache
+import typing
+from collections.abc import Iterator
+from contextvars import ContextVar
+from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -19,6 +24,8 @@ from typing import Any, Literal, TypeVar
 import dagster as dg
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model, field_validator
+
+from big5_dagster.lib.experts.classifier_spec import ClassifierSpec
 
 PROFILES = ("tiny", "paper")
 EMBEDDED_MODEL = "embedded"
@@ -28,10 +35,53 @@ class SettingsError(ValueError):
     """A profile or config file failed validation; the message names the field."""
 
 
+_READS: ContextVar[set[str] | None] = ContextVar("big5_settings_reads", default=None)
+
+
+@contextlib.contextmanager
+def recording_reads() -> Iterator[set[str]]:
+    """Record every settings field read in this block as 'section.field' (e.g. an asset's
+    run): defs.tracking checks them against what the asset's code version covers."""
+    reads: set[str] = set()
+    token = _READS.set(reads)
+    try:
+        yield reads
+    finally:
+        _READS.reset(token)
+
+
 class Section(dg.Config):
     """A settings section; an unknown field is an error, not silently ignored."""
 
     model_config = ConfigDict(extra="forbid")
+
+    def __getattribute__(self, name: str) -> Any:
+        value = super().__getattribute__(name)
+        if name[0] != "_":
+            reads = _READS.get()
+            if reads is not None:
+                section = section_of(type(self))
+                if section is not None and name in section[1].model_fields:
+                    reads.add(f"{section[0]}.{name}")
+        return value
+
+
+class LoraFields(Section):
+    """The shape of a LoRA adapter (METHOD.md section 5: r 8, alpha 16, dropout 0)."""
+
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+
+
+def section_from_spec(spec: type, doc: str) -> type[Section]:
+    """A settings section with the fields, types and defaults of a lib spec dataclass: the
+    spec stays the one definition of them."""
+    hints = typing.get_type_hints(spec)
+    fields = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(spec)}
+    return create_model(
+        spec.__name__.replace("Spec", "Settings"), __base__=Section, __doc__=doc, **fields
+    )  # type: ignore[call-overload]
 
 
 class ModelSettings(Section):
@@ -87,7 +137,7 @@ class InventorySettings(Section):
     psychobench_names: list[str] = []
 
 
-class ExpertSettings(Section):
+class ExpertSettings(LoraFields):
     """Expert generators: one per trait, trained on the posts (METHOD.md section 3)."""
 
     base_model: str | None = None
@@ -106,9 +156,6 @@ class ExpertSettings(Section):
     gradient_accumulation_steps: int = 1
     max_length: int = 128
     """Token cutoff of a training example (the paper used 512)."""
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
     seed: int = 42
     n_example_completions: int = 3
     """Held-out prefixes completed at high and low, shown in the asset's metadata."""
@@ -119,19 +166,9 @@ class ExpertSettings(Section):
     gate_max_new_tokens: int = 24
 
 
-class ClassifierSettings(Section):
-    """The trait classifier that measures whether text carries a trait level."""
-
-    kind: Literal["tfidf_logistic", "roberta_regression"] = "tfidf_logistic"
-    model: str = "roberta-large"
-    """roberta_regression: the encoder to fine-tune (a Hugging Face id or local folder)."""
-    max_features: int = 20000
-    regularization_c: float = 4.0
-    epochs: float = 1.0
-    learning_rate: float = 1e-5
-    batch_size: int = 16
-    max_length: int = 128
-    seed: int = 42
+ClassifierSettings = section_from_spec(
+    ClassifierSpec, "The trait classifier that measures whether text carries a trait level."
+)
 
 
 class DialogueSettings(Section):
@@ -161,14 +198,11 @@ class DialogueSettings(Section):
     """dialogue_quality warns when a persona's target accuracy is within this of chance."""
 
 
-class TrainingSettings(Section):
+class TrainingSettings(LoraFields):
     """SFT and DPO of one LoRA adapter covering all 10 personas (METHOD.md section 5)."""
 
     seeds: list[int] = [42]
     """One adapter per seed, so downstream results can carry confidence intervals."""
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
     learning_rate: float = 2e-4
     epochs: float = 1.0
     warmup_steps: int = 2
@@ -280,6 +314,21 @@ class Settings(BaseModel):
     evaluation: EvaluationSettings = EvaluationSettings()
     reasoning: ReasoningSettings = ReasoningSettings()
     automation: AutomationSettings = AutomationSettings()
+
+
+@cache
+def section_of(cls: type) -> tuple[str, type[Section]] | None:
+    """(name in Settings, section class) of a section class or a subclass of one (a
+    launchpad config class, the model backend resource), or None."""
+    for name, field in Settings.model_fields.items():
+        annotation = field.annotation
+        if (
+            isinstance(annotation, type)
+            and issubclass(annotation, Section)
+            and issubclass(cls, annotation)
+        ):
+            return name, annotation
+    return None
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:

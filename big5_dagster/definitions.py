@@ -1,4 +1,8 @@
-"""The Dagster code location: `dagster-webserver -w workspace.yaml` loads `defs` from here."""
+"""The Dagster code location: `dagster-webserver -w workspace.yaml` loads `defs` from here.
+
+:func:`build_definitions` is the one source of the definitions: every stage is built from
+the one Settings object it is given. Only the module's last lines read the environment.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 
 from big5_dagster import paths
-from big5_dagster.config import EMBEDDED_MODEL, Settings, active_settings
+from big5_dagster.config import EMBEDDED_MODEL, Settings, load_settings
 from big5_dagster.defs import (
     automation,
     corpora,
@@ -19,10 +23,11 @@ from big5_dagster.defs import (
     report,
     training,
 )
+from big5_dagster.defs.factory import PROFILE_METADATA
 from big5_dagster.defs.sql_models import build_sql_model_assets
-from big5_dagster.resources.artifacts import ArtifactStore
-from big5_dagster.resources.model_backend import ModelBackend
-from big5_dagster.resources.warehouse import Warehouse
+from big5_dagster.resources import build_resources
+
+STAGES = (corpora, experts, dialogues, training, evaluation, reasoning, report)
 
 
 def is_offline_profile(settings: Settings) -> bool:
@@ -32,16 +37,6 @@ def is_offline_profile(settings: Settings) -> bool:
         and settings.posts.source != "hub"
         and settings.scenarios.source != "hub"
     )
-
-
-def build_resources(settings: Settings, root: Path) -> dict[str, dg.ConfigurableResource]:
-    return {
-        "store": ArtifactStore(root=str(root)),
-        "warehouse": Warehouse(path=str(paths.warehouse_path(root))),
-        "model": ModelBackend(
-            **settings.model.model_dump(), models_dir=str(paths.models_dir(root))
-        ),
-    }
 
 
 def executor_for(name: str) -> dg.ExecutorDefinition:
@@ -61,33 +56,31 @@ def build_definitions(
     settings: Settings, root: Path, resources: dict[str, object] | None = None
 ) -> dg.Definitions:
     """All assets with resources for ``root``; ``resources`` swaps some (tests use a tiny model)."""
-    python_assets = [
-        *corpora.assets,
-        *experts.assets,
-        *dialogues.assets,
-        *training.assets,
-        *evaluation.assets,
-        *reasoning.assets,
-        *report.assets,
-    ]
+    stages = [stage.build(settings) for stage in STAGES]
+    python_assets = [a for stage in stages for a in stage.assets]
     sql_assets = build_sql_model_assets(paths.sql_models_dir(), python_assets)
-    evaluation_job = automation.evaluation_job()
+
+    def stamped(spec: dg.AssetSpec) -> dg.AssetSpec:
+        # Every asset records the profile it was built with, and runs under the pipeline's
+        # automation condition (acted on only while the big5_full_pipeline sensor is on).
+        spec = spec.merge_attributes(metadata={PROFILE_METADATA: settings.profile})
+        return automation.with_pipeline_condition(spec)
+
+    jobs, schedules, sensors = automation.build(settings)
     return dg.Definitions(
-        assets=[*python_assets, *sql_assets],
-        asset_checks=[*experts.asset_checks, *training.asset_checks],
+        assets=dg.map_asset_specs(stamped, [*python_assets, *sql_assets]),
+        asset_checks=[c for stage in stages for c in stage.asset_checks],
         resources={**build_resources(settings, root), **(resources or {})},
         executor=executor_for(settings.executor),
-        jobs=[automation.big5_full_pipeline, evaluation_job],
-        schedules=[automation.weekly_reevaluation_schedule(evaluation_job)],
-        sensors=automation.new_adapter_sensors(evaluation_job),
+        jobs=jobs,
+        schedules=schedules,
+        sensors=sensors,
     )
 
 
-settings = active_settings()
+settings = load_settings()
 if is_offline_profile(settings):
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         os.environ.setdefault(var, "1")
-
 data_root = paths.data_dir(settings.data_dir)
-warehouse_file = paths.warehouse_path(data_root)
 defs = build_definitions(settings, data_root)

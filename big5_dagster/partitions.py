@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from big5_dagster.lib.evaluation import METHODS
+from big5_dagster.lib.personality.methods import METHODS
 from big5_dagster.lib.traits import PERSONAS, TRAITS, Persona
 
 trait_partitions = dg.StaticPartitionsDefinition(list(TRAITS))

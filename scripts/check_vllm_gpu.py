@@ -28,7 +28,11 @@ def main() -> int:
     parser.add_argument("--items", type=int, default=8)
     args = parser.parse_args()
 
-    from big5_dagster.lib.vllm_backend import VllmModel, compare_with_transformers, vllm_available
+    from big5_dagster.lib.engine.vllm_engine import (
+        VllmModel,
+        compare_with_transformers,
+        vllm_available,
+    )
 
     if not vllm_available():
         print("vLLM or a CUDA GPU is missing: nothing to check", file=sys.stderr)
@@ -36,10 +40,10 @@ def main() -> int:
     import peft
     import torch
 
-    from big5_dagster.lib.administration import item_messages, scale_values
-    from big5_dagster.lib.dexperts import lora_adapter
-    from big5_dagster.lib.inventories import load_inventory
-    from big5_dagster.lib.model import load_model
+    from big5_dagster.lib.engine.adapters import lora_adapter
+    from big5_dagster.lib.engine.loading import load_model
+    from big5_dagster.lib.personality.administration import item_messages, scale_values
+    from big5_dagster.lib.personality.inventory import load_inventory
 
     inventory = load_inventory("bfi44")
     conversations = [

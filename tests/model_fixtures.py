@@ -16,7 +16,7 @@ TINY_MODEL_SEED = 0
 @pytest.fixture(scope="session")
 def smollm2_tokenizer_dir(request: pytest.FixtureRequest, tmp_path_factory) -> Path:
     """A folder holding the real SmolLM2-135M-Instruct tokenizer (from the embedded GGUF)."""
-    from big5_dagster.lib.model import save_embedded_tokenizer
+    from big5_dagster.lib.engine.embedded import save_embedded_tokenizer
 
     cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
     root = cache.mkdir("smollm2_tokenizer") if cache is not None else tmp_path_factory.mktemp("tok")

@@ -8,22 +8,24 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from big5_dagster.lib.administration import (
-    PARSE_STATUSES,
+from big5_dagster.lib.personality.administration import (
     administration_plan,
     item_messages,
-    logprob_answer,
-    logprob_answers,
     map_back,
     messages_hash,
     options_block,
-    parse_answer,
-    parse_answers,
     prompt_template_hash,
     run_seed,
 )
-from big5_dagster.lib.inventories import InventoryError, load_inventory
-from big5_dagster.lib.psychometrics import score_table
+from big5_dagster.lib.personality.answer_reading import (
+    PARSE_STATUSES,
+    logprob_answer,
+    logprob_answers,
+    parse_answer,
+    parse_answers,
+)
+from big5_dagster.lib.personality.inventory import InventoryError, load_inventory
+from big5_dagster.lib.personality.scores import score_table
 
 
 @pytest.fixture(scope="module")

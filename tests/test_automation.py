@@ -4,13 +4,12 @@ from datetime import UTC, datetime
 
 import dagster as dg
 import pytest
-from dagster._core.definitions.job_base import RepoBackedJob
-from dagster._core.execution.execute_in_process import core_execute_in_process
 
 from big5_dagster import paths
 from big5_dagster.config import load_settings
 from big5_dagster.definitions import build_definitions
-from big5_dagster.lib.evaluation import METHODS
+from big5_dagster.lib.personality.methods import METHODS
+from big5_dagster.lib.traits import PERSONAS, TRAITS
 from big5_dagster.partitions import method_partitions
 
 
@@ -19,28 +18,65 @@ def defs(isolated_environment, tiny_backend) -> dg.Definitions:
     return build_definitions(load_settings(), paths.data_dir(), resources={"model": tiny_backend})
 
 
-def test_full_pipeline_job_submits_one_backfill_of_every_asset_and_partition(defs):
-    # Run it as a code location's run worker does: the job backed by its repository.
-    job = RepoBackedJob("big5_full_pipeline", defs.get_repository_def())
+def _requested(
+    defs: dg.Definitions, result: dg.EvaluateAutomationConditionsResult
+) -> dict[str, set[str | None]]:
+    """Asset -> requested partitions (None for an unpartitioned asset)."""
+    graph = defs.resolve_asset_graph()
+    return {
+        key.to_user_string(): set(result.get_requested_partitions(key))
+        for key in graph.materializable_asset_keys
+        if result.get_num_requested(key)
+    }
+
+
+def test_full_pipeline_automation_materializes_every_asset_in_dependency_order(defs):
+    # Every asset carries the pipeline condition; the sensor that acts on it targets them all.
+    sensor = defs.resolve_sensor_def("big5_full_pipeline")
+    assert isinstance(sensor, dg.AutomationConditionSensorDefinition)
+    assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
+    graph = defs.resolve_asset_graph()
+    for key in graph.materializable_asset_keys:
+        assert graph.get(key).automation_condition is not None, key
+
+    def materialize_requested(instance, result):
+        for name, partitions in _requested(defs, result).items():
+            for partition in partitions:
+                instance.report_runless_asset_event(
+                    dg.AssetMaterialization(name, partition=partition)
+                )
+
     with dg.DagsterInstance.ephemeral() as instance:
-        result = core_execute_in_process(
-            run_config={},
-            job=job,
-            instance=instance,
-            output_capturing_enabled=True,
-            raise_on_error=True,
+        # An empty instance: the roots and what follows them within one run (the same
+        # partitions definition, dependencies requested in the same tick) come first...
+        first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+        requested = _requested(defs, first)
+        roots = {"psychgenerator_posts", "soda_scenarios", "personality_inventories"}
+        assert roots | {"reasoning_tasks", "trait_classifier", "scenario_openers"} <= set(requested)
+        # ... and nothing that needs a trait expert yet.
+        assert not {"trait_experts", "big5_chat_replies", "big5_report"} & set(requested)
+
+        # Done: the experts come next, every trait; the replies wait for them.
+        materialize_requested(instance, first)
+        second = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, cursor=first.cursor
         )
-        assert result.success
-        (backfill,) = instance.get_backfills()
-        assert backfill.backfill_id == result.output_for_node("submit_full_backfill")
-        targeted = backfill.asset_backfill_data.target_subset
-        keys = {k.to_user_string() for k in targeted.asset_keys}
-        graph = defs.resolve_asset_graph()
-        assert keys == {k.to_user_string() for k in graph.materializable_asset_keys}
-        assert "big5_report" in keys
-        personas = targeted.get_partitions_subset(dg.AssetKey("big5_chat_replies"))
-        assert len(personas) == 10
-        assert backfill.tags["big5/requested_by_run"] == result.run_id
+        requested = _requested(defs, second)
+        assert requested["trait_experts"] == set(TRAITS)
+        assert "big5_chat_replies" not in requested
+        assert not roots & set(requested)  # done, not requested again
+
+        # A dependency updated: what depends on it is requested again.
+        materialize_requested(instance, second)
+        third = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, cursor=second.cursor
+        )
+        assert _requested(defs, third)["big5_chat_replies"] == {p.key for p in PERSONAS}
+        instance.report_runless_asset_event(dg.AssetMaterialization("soda_scenarios"))
+        fourth = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, cursor=third.cursor
+        )
+        assert "scenario_openers" in _requested(defs, fourth)
 
 
 def test_evaluation_job_is_partitioned_by_method_and_ends_in_the_report(defs):

@@ -8,8 +8,8 @@ import pytest
 from big5_dagster import paths
 from big5_dagster.config import load_settings
 from big5_dagster.definitions import build_definitions
-from big5_dagster.lib.corpora import CorpusError
-from big5_dagster.lib.storage import hash_file
+from big5_dagster.lib.common.hashing import hash_file
+from big5_dagster.lib.corpora.schema import CorpusError
 
 
 def psychadapter_frame(n: int = 60) -> pd.DataFrame:

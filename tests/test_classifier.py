@@ -11,18 +11,16 @@ import torch
 from scipy.stats import norm
 from transformers import AutoTokenizer, RobertaConfig, RobertaForSequenceClassification
 
-from big5_dagster.lib.classifier import (
-    ClassifierError,
-    ClassifierSpec,
+from big5_dagster.lib.corpora.labels import label_and_split
+from big5_dagster.lib.corpora.synthetic_posts import generate_posts
+from big5_dagster.lib.experts.classifier import load_classifier, make_classifier
+from big5_dagster.lib.experts.classifier_spec import ClassifierError, ClassifierSpec
+from big5_dagster.lib.experts.roberta_classifier import (
     RobertaRegressionClassifier,
-    TfidfLogisticClassifier,
     cdf_targets,
-    load_classifier,
-    make_classifier,
     regression_training_rows,
 )
-from big5_dagster.lib.corpora import label_and_split
-from big5_dagster.lib.synthetic import generate_posts
+from big5_dagster.lib.experts.tfidf_classifier import TfidfLogisticClassifier
 from big5_dagster.lib.traits import TRAITS
 
 

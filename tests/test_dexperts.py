@@ -9,18 +9,18 @@ import pytest
 import torch
 from transformers import LogitsProcessor
 
-from big5_dagster.lib.dexperts import (
+from big5_dagster.lib.engine.adapters import lora_adapter, merged_expert_copy, random_lora_adapter
+from big5_dagster.lib.engine.dexperts import (
     DExpertsParams,
     DExpertsRequest,
     combine_logits,
     expert_path_of,
     generate_dexperts,
-    lora_adapter,
-    merged_expert_copy,
     persona_reply_request,
-    random_lora_adapter,
 )
-from big5_dagster.lib.model import SamplingParams, generate_chat, load_model
+from big5_dagster.lib.engine.generation import generate_chat
+from big5_dagster.lib.engine.loading import load_model
+from big5_dagster.lib.engine.sampling import SamplingParams
 from big5_dagster.lib.traits import Persona
 
 PERSONA = Persona("extraversion", "high")
@@ -380,7 +380,7 @@ def test_params_are_validated():
 
 
 def test_bench_dexperts_measures_equal_token_counts(tiny):
-    from big5_dagster.lib.bench import bench_dexperts, dialogue_bench_requests
+    from big5_dagster.bench.dexperts import bench_dexperts, dialogue_bench_requests
 
     requests = dialogue_bench_requests(tiny, 3, PERSONA, seed=0, opener_max_new_tokens=4)
     assert all(r.anti_expert_prompt is not None for r in requests)

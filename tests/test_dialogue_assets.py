@@ -11,8 +11,8 @@ import pytest
 from big5_dagster import paths
 from big5_dagster.config import load_settings
 from big5_dagster.definitions import build_definitions
-from big5_dagster.lib import dexperts
-from big5_dagster.lib.evaluation import METHODS
+from big5_dagster.lib.engine import dexperts
+from big5_dagster.lib.personality.methods import METHODS
 from big5_dagster.lib.traits import PERSONAS, TRAITS
 
 N_SCENARIOS = 6

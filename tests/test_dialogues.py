@@ -9,25 +9,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from big5_dagster.lib.dialogues import (
-    DATASET_COLUMNS,
-    FLAG_NAMES,
-    DialogueDataError,
+from big5_dagster.lib.dialogues.cleaning import clean_opener, clean_reply
+from big5_dagster.lib.dialogues.dataset import (
     build_dataset,
-    clean_opener,
-    clean_reply,
-    dialogue_quality_table,
     flag_counts,
     generation_json,
-    is_refusal,
+    split_by_scenario,
+    write_jsonl,
+)
+from big5_dagster.lib.dialogues.quality import dialogue_quality_table, target_accuracy_vs_chance
+from big5_dagster.lib.dialogues.refusals import is_refusal, refusal_reason
+from big5_dagster.lib.dialogues.schema import DATASET_COLUMNS, FLAG_NAMES, DialogueDataError
+from big5_dagster.lib.dialogues.similarity import (
     near_duplicate_flags,
     near_duplicate_pairs,
     near_duplicate_partners,
-    refusal_reason,
     reply_similarity,
-    split_by_scenario,
-    target_accuracy_vs_chance,
-    write_jsonl,
 )
 from big5_dagster.lib.traits import PERSONAS, TRAITS
 

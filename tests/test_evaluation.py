@@ -9,26 +9,22 @@ import pandas as pd
 import pytest
 import torch
 
-from big5_dagster.lib import evaluation
-from big5_dagster.lib.administration import administration_plan, map_back
-from big5_dagster.lib.evaluation import (
+from big5_dagster.lib.engine import respondent
+from big5_dagster.lib.engine.chat import render_chat
+from big5_dagster.lib.engine.generation import GenerationResult
+from big5_dagster.lib.engine.scoring import OptionScores, option_token_ids
+from big5_dagster.lib.personality.administration import administration_plan, map_back
+from big5_dagster.lib.personality.answers import (
     PROVENANCE_COLUMNS,
     AdministrationSettings,
-    Condition,
     GenerationSettings,
     administer,
     answer_quality,
     answer_rows,
-    conditions_for,
     plan_answers,
 )
-from big5_dagster.lib.inventories import load_inventory
-from big5_dagster.lib.model import (
-    GenerationResult,
-    OptionScores,
-    option_token_ids,
-    render_chat,
-)
+from big5_dagster.lib.personality.conditions import Condition, conditions_for
+from big5_dagster.lib.personality.inventory import load_inventory
 from big5_dagster.lib.prompts import persona_description, persona_instruction
 from big5_dagster.lib.traits import PERSONAS, Persona
 
@@ -165,7 +161,7 @@ def test_logprob_answers_map_back_in_reversed_order(tiny, bfi_small, monkeypatch
             prefix_tokens=0,
         )
 
-    monkeypatch.setattr(evaluation, "score_options", fake_score_options)
+    monkeypatch.setattr(respondent, "score_options", fake_score_options)
     rows = administer(
         tiny,
         description_conditions(),
@@ -209,7 +205,7 @@ def test_generate_failures_are_counted_never_imputed(tiny, bfi_small, monkeypatc
             )
         return out
 
-    monkeypatch.setattr(evaluation, "generate_with_shared_prefix", fake_generate)
+    monkeypatch.setattr(respondent, "generate_with_shared_prefix", fake_generate)
     (base,) = conditions_for("base")
     rows = administer(
         tiny, [base], [bfi_small], n_runs=1, seed=0, scorers=["generate"], generation=FAST
@@ -298,13 +294,13 @@ def test_cache_recomputes_only_what_changed(tiny, bfi_small, monkeypatch):
     calls: list[tuple[str, int]] = []
 
     def counting(name):
-        real = getattr(evaluation, name)
+        real = getattr(respondent, name)
 
         def wrapper(loaded, prompts, *args, **kwargs):
             calls.append((name, len(prompts)))
             return real(loaded, prompts, *args, **kwargs)
 
-        monkeypatch.setattr(evaluation, name, wrapper)
+        monkeypatch.setattr(respondent, name, wrapper)
 
     for name in (
         "generate_and_score_with_shared_prefix",

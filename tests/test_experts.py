@@ -8,8 +8,13 @@ import pandas as pd
 import pytest
 from transformers import AutoTokenizer
 
-from big5_dagster.lib.corpora import label_and_split
-from big5_dagster.lib.experts import (
+from big5_dagster.lib.corpora.labels import label_and_split
+from big5_dagster.lib.corpora.synthetic_posts import generate_posts
+from big5_dagster.lib.engine.chat import render_chat
+from big5_dagster.lib.engine.generation import generate_chat, generate_from_text
+from big5_dagster.lib.engine.loading import load_model
+from big5_dagster.lib.engine.sampling import SamplingParams
+from big5_dagster.lib.experts.examples import (
     complete_prefixes,
     example_completions,
     expert_examples,
@@ -17,14 +22,6 @@ from big5_dagster.lib.experts import (
     heldout_prefixes,
     split_prefix,
 )
-from big5_dagster.lib.model import (
-    SamplingParams,
-    generate_chat,
-    generate_from_text,
-    load_model,
-    render_chat,
-)
-from big5_dagster.lib.synthetic import generate_posts
 
 TRAIT = "extraversion"
 

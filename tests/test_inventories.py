@@ -5,12 +5,12 @@ from __future__ import annotations
 import copy
 import json
 import math
-from importlib import resources
 from pathlib import Path
 
 import pytest
 
-from big5_dagster.lib.inventories import (
+from big5_dagster.lib.common.package_data import load_json
+from big5_dagster.lib.personality.inventory import (
     EXPECTED_KEYING,
     Inventory,
     InventoryError,
@@ -19,11 +19,11 @@ from big5_dagster.lib.inventories import (
     inventory_to_dict,
     load_inventory,
     load_inventory_file,
-    load_psychobench_questionnaire,
     reverse_key,
     score_responses,
     validate_big_five_inventory,
 )
+from big5_dagster.lib.personality.psychobench import load_psychobench_questionnaire
 
 # METHOD.md section 6, written out here rather than imported, so the test checks the data
 # against the spec and not against the module's own constant.
@@ -75,7 +75,7 @@ METHOD_NORMS = {
 
 
 def _raw_json(name: str) -> dict:
-    return json.loads((resources.files("big5_dagster.inventories") / f"{name}.json").read_text())
+    return load_json("inventories", f"{name}.json")
 
 
 @pytest.mark.parametrize("name", ["bfi44", "ipip_neo_120"])

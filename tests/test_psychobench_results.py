@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from big5_dagster.lib.inventories import InventoryError, load_psychobench_questionnaire
-from big5_dagster.lib.psychobench_results import (
+from big5_dagster.lib.personality.inventory import InventoryError
+from big5_dagster.lib.personality.psychobench import load_psychobench_questionnaire
+from big5_dagster.lib.personality.psychobench_results import (
     PsychoBenchResultsError,
     read_psychobench_results,
     score_psychobench,

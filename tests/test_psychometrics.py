@@ -7,24 +7,27 @@ import pandas as pd
 import pingouin
 import pytest
 
-from big5_dagster.lib.human_reference import HUMAN_TRAIT_CORRELATIONS, human_trait_correlations
-from big5_dagster.lib.inventories import InventoryError, load_inventory
-from big5_dagster.lib.psychometrics import (
+from big5_dagster.lib.personality.correlations import (
     bootstrap_frobenius,
     convergent_correlations,
-    cronbach_alpha,
     frobenius_distance,
+    persona_correlation_matrix,
+    persona_trait_means,
+    wide_trait_scores,
+)
+from big5_dagster.lib.personality.human_reference import (
+    HUMAN_TRAIT_CORRELATIONS,
+    human_trait_correlations,
+)
+from big5_dagster.lib.personality.inventory import InventoryError, load_inventory
+from big5_dagster.lib.personality.reliability import (
+    cronbach_alpha,
     item_matrix,
     mcdonald_omega,
     mcdonald_omega_fit,
-    persona_correlation_matrix,
-    persona_trait_means,
     reliability_table,
-    score_table,
-    separation,
-    summarize_scores,
-    wide_trait_scores,
 )
+from big5_dagster.lib.personality.scores import score_table, separation, summarize_scores
 from big5_dagster.lib.traits import PERSONAS, TRAITS
 
 

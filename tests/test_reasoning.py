@@ -15,7 +15,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from big5_dagster.lib import reasoning as R
+from big5_dagster.lib.reasoning import analysis as R_analysis
+from big5_dagster.lib.reasoning import harness as R_harness
+from big5_dagster.lib.reasoning import items as R_items
+from big5_dagster.lib.reasoning import task_set as R_task_set
+from big5_dagster.lib.reasoning import tasks as R_tasks
 
 SYSTEM = (
     "You are a helpful assistant with the following Big Five personality traits: Openness - high"
@@ -28,20 +32,22 @@ SYSTEM = (
 
 
 def test_social_items_are_seeded_and_correct_by_construction():
-    items = R.generate_social_items(30, seed=5)
-    assert items == R.generate_social_items(30, seed=5)
-    assert items != R.generate_social_items(30, seed=6)
+    items = R_items.generate_social_items(30, seed=5)
+    assert items == R_items.generate_social_items(30, seed=5)
+    assert items != R_items.generate_social_items(30, seed=6)
     assert len({(i["context"], i["question"]) for i in items}) == 30
     assert {i["question_type"] for i in items} == {"feel", "next", "react"}
     assert len({i["situation"] for i in items}) >= 20  # every situation before any repeats
-    situations = {s.key: s for s in R._SITUATIONS}
+    situations = {s.key: s for s in R_items.item_banks().situations}
     for item in items:
         choices, label = item["choices"], item["label"]
         assert len(choices) == 3 and len(set(choices)) == 3 and 0 <= label < 3
         situation = situations[item["situation"]]
         if item["question_type"] == "feel":
             assert choices[label] == situation.feel
-            wrong_valence = {s.feel for s in R._SITUATIONS if s.valence != situation.valence}
+            wrong_valence = {
+                s.feel for s in R_items.item_banks().situations if s.valence != situation.valence
+            }
             assert set(choices) - {situation.feel} <= wrong_valence
         else:
             # the right action is this situation's template filled in; distractors are
@@ -54,9 +60,11 @@ def test_social_items_are_seeded_and_correct_by_construction():
 
 
 def test_commonsense_items_have_one_right_answer_among_five():
-    items = R.generate_commonsense_items(40, seed=1)
-    assert items == R.generate_commonsense_items(40, seed=1)
-    answers = {relation: dict(pairs) for relation, (_, pairs) in R._COMMONSENSE_RELATIONS.items()}
+    items = R_items.generate_commonsense_items(40, seed=1)
+    assert items == R_items.generate_commonsense_items(40, seed=1)
+    answers = {
+        relation: dict(pairs) for relation, (_, pairs) in R_items.item_banks().relations.items()
+    }
     for item in items:
         choices = item["choices"]
         assert len(choices) == 5 and len(set(choices)) == 5
@@ -66,12 +74,12 @@ def test_commonsense_items_have_one_right_answer_among_five():
         assert choices[item["label"]] == answers[item["relation"]][subject]
         others = set(answers[item["relation"]].values()) - {choices[item["label"]]}
         assert set(choices) - {choices[item["label"]]} <= others
-    assert len({i["relation"] for i in items}) == len(R._COMMONSENSE_RELATIONS)
+    assert len({i["relation"] for i in items}) == len(R_items.item_banks().relations)
 
 
 def test_arithmetic_solutions_compute_the_answer():
-    items = R.generate_arithmetic_items(60, seed=3)
-    assert items == R.generate_arithmetic_items(60, seed=3)
+    items = R_items.generate_arithmetic_items(60, seed=3)
+    assert items == R_items.generate_arithmetic_items(60, seed=3)
     step = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)\.")
     ops = {"+": int.__add__, "-": int.__sub__, "*": int.__mul__, "/": int.__floordiv__}
     for item in items:
@@ -94,16 +102,16 @@ def test_arithmetic_solutions_compute_the_answer():
 
 def test_write_local_tasks_writes_lm_eval_configs_and_a_manifest(tmp_path):
     target = tmp_path / "tasks"
-    manifest = R.write_local_tasks(target, n_items=7, seed=2, n_shots=3)
-    assert [t["name"] for t in manifest["tasks"]] == list(R.LOCAL_TASK_NAMES)
+    manifest = R_task_set.write_local_tasks(target, n_items=7, seed=2, n_shots=3)
+    assert [t["name"] for t in manifest["tasks"]] == list(R_tasks.LOCAL_TASK_NAMES)
     by_name = {t["name"]: t for t in manifest["tasks"]}
     assert by_name["arithmetic_word"]["num_fewshot"] == 3
     assert by_name["arithmetic_word"]["n_fewshot_pool"] == 8
     assert by_name["social_mc"]["num_fewshot"] == by_name["commonsense_mc"]["num_fewshot"] == 0
     assert by_name["social_mc"]["output_type"] == "multiple_choice"
     assert by_name["social_mc"]["metrics"] == ["acc", "acc_norm"]
-    assert by_name["arithmetic_word"]["filters"] == [R.STRICT_FILTER, R.FLEXIBLE_FILTER]
-    assert manifest == R.load_manifest(target)
+    assert by_name["arithmetic_word"]["filters"] == [R_tasks.STRICT_FILTER, R_tasks.FLEXIBLE_FILTER]
+    assert manifest == R_task_set.load_manifest(target)
 
     for entry in manifest["tasks"]:
         config = yaml.safe_load((target / entry["yaml"]).read_text())
@@ -122,28 +130,28 @@ def test_write_local_tasks_writes_lm_eval_configs_and_a_manifest(tmp_path):
 
     # Same inputs, same versions; a new seed changes the data and every version, and the
     # folder is replaced whole (no stale files from the previous write).
-    again = R.write_local_tasks(target, n_items=7, seed=2, n_shots=3)
+    again = R_task_set.write_local_tasks(target, n_items=7, seed=2, n_shots=3)
     assert [t["version"] for t in again["tasks"]] == [t["version"] for t in manifest["tasks"]]
     (target / "stale.txt").write_text("x")
-    other = R.write_local_tasks(target, n_items=7, seed=9, n_shots=3)
+    other = R_task_set.write_local_tasks(target, n_items=7, seed=9, n_shots=3)
     assert all(
         a["version"] != b["version"] for a, b in zip(other["tasks"], manifest["tasks"], strict=True)
     )
     assert not (target / "stale.txt").exists()
     assert not list(tmp_path.glob(".tasks.*"))
 
-    with pytest.raises(R.ReasoningError, match="n_items"):
-        R.write_local_tasks(target, n_items=0, seed=2, n_shots=3)
+    with pytest.raises(R_tasks.ReasoningError, match="n_items"):
+        R_task_set.write_local_tasks(target, n_items=0, seed=2, n_shots=3)
 
 
 def test_a_moved_task_directory_is_reported(tmp_path):
-    manifest = R.write_local_tasks(tmp_path / "a", n_items=2, seed=0, n_shots=1)
+    manifest = R_task_set.write_local_tasks(tmp_path / "a", n_items=2, seed=0, n_shots=1)
     (tmp_path / "a").rename(tmp_path / "b")
-    with pytest.raises(R.ReasoningError, match=r"tasks\[0\] \(social_mc\).*does not exist"):
-        R.benchmark_tasks(manifest)
+    with pytest.raises(R_tasks.ReasoningError, match=r"tasks\[0\] \(social_mc\).*does not exist"):
+        R_task_set.benchmark_tasks(manifest)
     (tmp_path / "b" / "social_mc.test.jsonl").unlink()
-    with pytest.raises(R.ReasoningError, match="manifest.json: tasks"):
-        R.load_manifest(tmp_path / "b")
+    with pytest.raises(R_tasks.ReasoningError, match="manifest.json: tasks"):
+        R_task_set.load_manifest(tmp_path / "b")
 
 
 def test_strict_and_flexible_extraction_grade_through_lm_eval(tmp_path):
@@ -151,8 +159,8 @@ def test_strict_and_flexible_extraction_grade_through_lm_eval(tmp_path):
     from lm_eval.api.instance import Instance
     from lm_eval.tasks import TaskManager
 
-    R.write_local_tasks(tmp_path, n_items=3, seed=0, n_shots=2)
-    with R.hub_offline():
+    R_task_set.write_local_tasks(tmp_path, n_items=3, seed=0, n_shots=2)
+    with R_harness.hub_offline():
         manager = TaskManager(include_path=str(tmp_path), include_defaults=False)
         task = manager.load(["arithmetic_word"])["tasks"]["arithmetic_word"]
     doc = task.test_docs()[0]
@@ -168,13 +176,19 @@ def test_strict_and_flexible_extraction_grade_through_lm_eval(tmp_path):
             ]
         return scores
 
-    assert grade(f"2 + 3 = 5. The answer is {n}.") == {R.STRICT_FILTER: 1, R.FLEXIBLE_FILTER: 1}
-    assert grade(f"The answer is {n}. Then add 1000 more.") == {
-        R.STRICT_FILTER: 1,
-        R.FLEXIBLE_FILTER: 0,
+    assert grade(f"2 + 3 = 5. The answer is {n}.") == {
+        R_tasks.STRICT_FILTER: 1,
+        R_tasks.FLEXIBLE_FILTER: 1,
     }
-    assert grade(f"So we get {n}") == {R.STRICT_FILTER: 0, R.FLEXIBLE_FILTER: 1}
-    assert grade(f"The answer is {n + 1}.") == {R.STRICT_FILTER: 0, R.FLEXIBLE_FILTER: 0}
+    assert grade(f"The answer is {n}. Then add 1000 more.") == {
+        R_tasks.STRICT_FILTER: 1,
+        R_tasks.FLEXIBLE_FILTER: 0,
+    }
+    assert grade(f"So we get {n}") == {R_tasks.STRICT_FILTER: 0, R_tasks.FLEXIBLE_FILTER: 1}
+    assert grade(f"The answer is {n + 1}.") == {
+        R_tasks.STRICT_FILTER: 0,
+        R_tasks.FLEXIBLE_FILTER: 0,
+    }
 
 
 # --------------------------------------------------------------------------------------
@@ -187,7 +201,7 @@ def test_paper_tasks_match_lm_eval_task_configs():
     from lm_eval.tasks import TaskManager
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    tasks = {t.name: t for t in R.paper_tasks()}
+    tasks = {t.name: t for t in R_tasks.paper_tasks()}
     assert list(tasks) == [
         "social_iqa", "commonsense_qa", "piqa", "mathqa", "mmlu", "gpqa_main_zeroshot",
         "gsm8k", "truthfulqa_mc2",
@@ -197,8 +211,8 @@ def test_paper_tasks_match_lm_eval_task_configs():
         "gsm8k": 5,
     }
     assert tasks["gsm8k"].primary == (
-        ("exact_match", R.STRICT_FILTER),
-        ("exact_match", R.FLEXIBLE_FILTER),
+        ("exact_match", R_tasks.STRICT_FILTER),
+        ("exact_match", R_tasks.FLEXIBLE_FILTER),
     )
     assert sum(len(t.primary) for t in tasks.values()) == 9  # the paper's 9 benchmarks
     assert all(t.include_path is None and t.version is None for t in tasks.values())
@@ -217,7 +231,7 @@ def test_paper_tasks_match_lm_eval_task_configs():
         config = load_yaml(entry.yaml_path, resolve_func=False, recursive=True)
         assert config["output_type"] == task.output_type, name
         assert {m["metric"] for m in config["metric_list"]} >= set(task.metrics), name
-        filters = {f["name"] for f in config.get("filter_list", [])} or {R.NO_FILTER}
+        filters = {f["name"] for f in config.get("filter_list", [])} or {R_tasks.NO_FILTER}
         assert filters == set(task.filters), name
 
 
@@ -228,14 +242,14 @@ def test_paper_tasks_match_lm_eval_task_configs():
 
 @pytest.fixture(scope="module")
 def tiny_loaded(tiny_model_dir):
-    from big5_dagster.lib.model import load_model
+    from big5_dagster.lib.engine.loading import load_model
 
     return load_model(str(tiny_model_dir), device="cpu")
 
 
 @pytest.fixture(scope="module")
 def local_tasks(tmp_path_factory):
-    return R.write_local_tasks(
+    return R_task_set.write_local_tasks(
         tmp_path_factory.mktemp("reasoning_tasks"), n_items=4, seed=0, n_shots=2, max_gen_toks=8
     )
 
@@ -244,7 +258,7 @@ def _run(loaded, tasks, **overrides):
     kwargs = dict(
         system_instruction=SYSTEM, apply_chat_template=True, limit=None, batch_size=8, seed=1
     )
-    return R.run_reasoning(loaded.model, loaded.tokenizer, tasks, **{**kwargs, **overrides})
+    return R_harness.run_reasoning(loaded.model, loaded.tokenizer, tasks, **{**kwargs, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -293,8 +307,8 @@ def test_local_tasks_run_end_to_end_offline(local_tasks, base_run):
         ("social_mc", "acc_norm", "none"),
         ("commonsense_mc", "acc", "none"),
         ("commonsense_mc", "acc_norm", "none"),
-        ("arithmetic_word", "exact_match", R.STRICT_FILTER),
-        ("arithmetic_word", "exact_match", R.FLEXIBLE_FILTER),
+        ("arithmetic_word", "exact_match", R_tasks.STRICT_FILTER),
+        ("arithmetic_word", "exact_match", R_tasks.FLEXIBLE_FILTER),
     }
     assert (results["n"] == 4).all()
     assert results["stderr"].map(math.isfinite).all()
@@ -319,7 +333,7 @@ def test_local_tasks_run_end_to_end_offline(local_tasks, base_run):
     assert samples["prompt"].str.contains(SYSTEM, regex=False).all()
     arithmetic = samples[samples["task"] == "arithmetic_word"]
     # 2 few-shot answers as assistant turns, the test question last
-    assert arithmetic["prompt"].map(lambda p: p.count(R.ANSWER_MARKER)).eq(2).all()
+    assert arithmetic["prompt"].map(lambda p: p.count("The answer is")).eq(2).all()
     assert arithmetic["response"].map(lambda r: isinstance(r, str)).all()
     assert arithmetic["exact_match"].isin([0.0, 1.0]).all()
     multiple_choice = samples[samples["task"] != "arithmetic_word"]
@@ -344,13 +358,13 @@ def test_known_exact_scores_when_every_choice_ties(tiny_loaded, tmp_path):
         {"question": f"Item {i}: which one?", "choices": ["the same answer"] * 3, "label": label}
         for i, label in enumerate(labels)
     ]
-    task = R.LocalTaskData(
+    task = R_task_set.LocalTaskData(
         "tie_mc",
-        R.multiple_choice_config("Question: {{question}}", n_choices=3),
+        R_task_set.multiple_choice_config("Question: {{question}}", n_choices=3),
         rows,
-        primary=(("acc", R.NO_FILTER),),
+        primary=(("acc", R_tasks.NO_FILTER),),
     )
-    manifest = R.write_task_set(tmp_path / "tie", [task])
+    manifest = R_task_set.write_task_set(tmp_path / "tie", [task])
 
     results, samples = _run(
         tiny_loaded, manifest, system_instruction=None, apply_chat_template=False
@@ -386,10 +400,10 @@ def test_known_exact_scores_when_every_choice_ties(tiny_loaded, tmp_path):
 
 
 def test_letter_choices_cost_one_forward_pass_per_item(tiny_loaded, tmp_path):
-    manifest = R.write_local_tasks(
+    manifest = R_task_set.write_local_tasks(
         tmp_path, n_items=4, seed=0, n_shots=0, choice_format="letter", max_gen_toks=4
     )
-    social = [t for t in R.benchmark_tasks(manifest) if t.name == "social_mc"]
+    social = [t for t in R_task_set.benchmark_tasks(manifest) if t.name == "social_mc"]
     assert social[0].metrics == ("acc",)  # acc_norm would equal acc for 1-letter choices
     calls = []
     handle = tiny_loaded.model.register_forward_pre_hook(lambda *_: calls.append(1))
@@ -407,16 +421,16 @@ def test_letter_choices_cost_one_forward_pass_per_item(tiny_loaded, tmp_path):
 def test_an_adapter_attached_by_the_caller_is_evaluated(tiny_model_dir, local_tasks, base_run):
     from peft import LoraConfig, get_peft_model
 
-    from big5_dagster.lib.model import load_model
+    from big5_dagster.lib.engine.loading import load_model
 
     private = load_model(str(tiny_model_dir), device="cpu")
     # init_lora_weights=False: random B, so the adapter really changes the outputs
     config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     peft_model = get_peft_model(private.model, config)
     multiple_choice = [
-        t for t in R.benchmark_tasks(local_tasks) if t.output_type == "multiple_choice"
+        t for t in R_task_set.benchmark_tasks(local_tasks) if t.output_type == "multiple_choice"
     ]
-    results, samples = R.run_reasoning(
+    results, samples = R_harness.run_reasoning(
         peft_model,
         private.tokenizer,
         multiple_choice,
@@ -435,7 +449,7 @@ def test_an_adapter_attached_by_the_caller_is_evaluated(tiny_model_dir, local_ta
     assert (mc["prompt"] == mc["prompt_base"]).all()  # same prompts ...
     assert (mc["choice_loglikelihoods"] != mc["choice_loglikelihoods_base"]).all()  # ... new model
     with peft_model.disable_adapter():
-        _, again = R.run_reasoning(
+        _, again = R_harness.run_reasoning(
             peft_model,
             private.tokenizer,
             multiple_choice,
@@ -507,7 +521,7 @@ def _condition_rows() -> pd.DataFrame:
 
 
 def test_reasoning_by_trait_differences_and_intervals():
-    table = R.reasoning_by_trait(_condition_rows())
+    table = R_analysis.reasoning_by_trait(_condition_rows())
     assert set(table["method"]) == {"prompt_description", "sft"}  # base has no persona
     one = table[
         (table["method"] == "prompt_description")
@@ -535,7 +549,7 @@ def test_reasoning_by_trait_differences_and_intervals():
 
 
 def test_direction_count_follows_the_paper():
-    counts = R.trait_direction_counts(R.reasoning_by_trait(_condition_rows()))
+    counts = R_analysis.trait_direction_counts(R_analysis.reasoning_by_trait(_condition_rows()))
     prompt = counts[counts["method"] == "prompt_description"].set_index("trait")
     assert prompt.loc[
         "conscientiousness", ["n_benchmarks", "n_in_preferred_direction"]
@@ -556,15 +570,15 @@ def test_direction_count_follows_the_paper():
 
 def test_reasoning_by_trait_rejects_bad_tables():
     rows = _condition_rows()
-    with pytest.raises(R.ReasoningError, match=r"missing column\(s\) \['stderr'\]"):
-        R.reasoning_by_trait(rows.drop(columns="stderr"))
+    with pytest.raises(R_tasks.ReasoningError, match=r"missing column\(s\) \['stderr'\]"):
+        R_analysis.reasoning_by_trait(rows.drop(columns="stderr"))
     bad = rows.copy()
     bad.loc[3, "persona"] = "openness_medium"
-    with pytest.raises(R.ReasoningError, match="row 3: field 'persona'"):
-        R.reasoning_by_trait(bad)
-    with pytest.raises(R.ReasoningError, match="more than one row for method='sft'"):
-        R.reasoning_by_trait(pd.concat([rows, rows.tail(1)], ignore_index=True))
+    with pytest.raises(R_tasks.ReasoningError, match="row 3: field 'persona'"):
+        R_analysis.reasoning_by_trait(bad)
+    with pytest.raises(R_tasks.ReasoningError, match="more than one row for method='sft'"):
+        R_analysis.reasoning_by_trait(pd.concat([rows, rows.tail(1)], ignore_index=True))
     bad = rows.copy().astype({"value": object})
     bad.loc[2, "value"] = "high"
-    with pytest.raises(R.ReasoningError, match="row 2: field 'value' is not numeric"):
-        R.reasoning_by_trait(bad)
+    with pytest.raises(R_tasks.ReasoningError, match="row 2: field 'value' is not numeric"):
+        R_analysis.reasoning_by_trait(bad)

@@ -10,23 +10,22 @@ import pytest
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
-from big5_dagster.lib.corpora import POST_COLUMNS, canonical_posts, validate_scenarios
-from big5_dagster.lib.human_reference import (
+from big5_dagster.lib.corpora.schema import POST_COLUMNS, canonical_posts, validate_scenarios
+from big5_dagster.lib.corpora.synthetic_posts import (
+    MAX_POST_WORDS,
+    MIN_POST_WORDS,
+    generate_posts,
+    marker_clause_probability,
+    marker_tag_probability,
+    post_phrases,
+)
+from big5_dagster.lib.corpora.synthetic_scenarios import generate_scenarios
+from big5_dagster.lib.personality.human_reference import (
     HUMAN_TRAIT_CORRELATIONS,
     HUMAN_TRAIT_CORRELATIONS_OBSERVED,
     HUMAN_TRAIT_CORRELATIONS_SOURCE,
     check_reference_matrix,
     human_trait_correlations,
-)
-from big5_dagster.lib.synthetic import (
-    MAX_POST_WORDS,
-    MIN_POST_WORDS,
-    POST_OPENERS,
-    TRAIT_MARKERS,
-    generate_posts,
-    generate_scenarios,
-    marker_clause_probability,
-    marker_tag_probability,
 )
 from big5_dagster.lib.traits import TRAITS
 
@@ -131,7 +130,7 @@ def test_signal_is_in_the_continuation_not_the_first_five_words(posts):
     first5 = posts["text"].str.split().str[:5].str.join(" ")
     accuracy = _per_trait_accuracy(first5.iloc[:5000], first5.iloc[5000:], train, test)
     assert np.mean(list(accuracy.values())) < 0.62, accuracy
-    openers = tuple(o.lower() for o in POST_OPENERS)
+    openers = tuple(o.lower() for o in post_phrases().openers)
     assert posts["text"].str.lower().str.startswith(openers).mean() > 0.6
 
 
@@ -142,7 +141,7 @@ def pole_use(posts) -> dict[tuple[str, str], np.ndarray]:
     # Single-word tags must match whole tokens ("ugh" is not in "laughed"); phrases as substrings.
     tokens = [set(re.findall(r"[\w#^>]+", text)) for text in texts]
     use = {}
-    for (trait, level), bank in TRAIT_MARKERS.items():
+    for (trait, level), bank in post_phrases().markers.items():
         phrases = {p.lower().replace("'", "") for p in (*bank.clauses, *bank.tags)}
         words = {p for p in phrases if " " not in p}
         multi = [p for p in phrases if " " in p]

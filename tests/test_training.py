@@ -12,19 +12,16 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from big5_dagster.lib.training import (
+from big5_dagster.lib.training.adapted import load_adapted_model
+from big5_dagster.lib.training.dpo import train_dpo
+from big5_dagster.lib.training.inputs import normalize_prompts
+from big5_dagster.lib.training.runs import (
     RUN_SETTINGS_FILE,
-    LoraSpec,
-    TrainingError,
-    TrainSpec,
     count_training_tokens,
     last_complete_checkpoint,
-    load_adapted_model,
-    make_sft_trainer,
-    normalize_prompts,
-    train_dpo,
-    train_sft,
 )
+from big5_dagster.lib.training.sft import make_sft_trainer, train_sft
+from big5_dagster.lib.training.specs import LoraSpec, TrainingError, TrainSpec
 
 PROMPT = "<|im_start|>user\nSay something about item {i}.<|im_end|>\n<|im_start|>assistant\n"
 SFT_SPEC = TrainSpec(

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from transformers import AutoTokenizer
 
-from big5_dagster.lib.training_data import dpo_pairs, sft_examples, training_split
+from big5_dagster.lib.training.examples import dpo_pairs, sft_examples, training_split
 from big5_dagster.lib.traits import PERSONAS
 
 
@@ -75,7 +75,7 @@ def test_dpo_pairs_oppose_levels_and_drop_flagged_sides(tokenizer):
 
 
 def test_demonstrations_come_from_unflagged_train_replies():
-    from big5_dagster.lib.training_data import demonstrations_by_persona
+    from big5_dagster.lib.training.examples import demonstrations_by_persona
 
     data = dataset(12)
     data.loc[data.record_id == "s3/openness_high", "near_duplicate"] = True

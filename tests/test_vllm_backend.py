@@ -8,13 +8,15 @@ from functools import partial
 
 import pytest
 
-from big5_dagster.lib import model as model_lib
-from big5_dagster.lib.administration import item_messages, scale_values
-from big5_dagster.lib.evaluation import GenerationSettings, administer, conditions_for
-from big5_dagster.lib.inventories import load_inventory
-from big5_dagster.lib.model import ModelBackendError
+from big5_dagster.lib.engine import scoring, shared_prefix
+from big5_dagster.lib.engine.loading import load_model
+from big5_dagster.lib.engine.types import ModelBackendError
+from big5_dagster.lib.engine.vllm_engine import vllm_available
+from big5_dagster.lib.personality.administration import item_messages, scale_values
+from big5_dagster.lib.personality.answers import GenerationSettings, administer
+from big5_dagster.lib.personality.conditions import conditions_for
+from big5_dagster.lib.personality.inventory import load_inventory
 from big5_dagster.lib.traits import Persona
-from big5_dagster.lib.vllm_backend import vllm_available
 from big5_dagster.resources.model_backend import ModelBackend
 
 
@@ -32,7 +34,8 @@ class RecordingEngine:
             "score_options",
         ):
             self.calls.append(name)
-            return partial(getattr(model_lib, name), self.loaded)
+            module = scoring if name == "score_options" else shared_prefix
+            return partial(getattr(module, name), self.loaded)
         raise AttributeError(name)
 
 
@@ -59,13 +62,13 @@ def test_vllm_backend_without_vllm_says_what_is_missing(tiny_model_dir, tmp_path
 
 @pytest.mark.skipif(not vllm_available(), reason="needs vLLM and a CUDA GPU")
 def test_vllm_answers_as_transformers_does(tmp_path):
-    from big5_dagster.lib.vllm_backend import VllmModel, compare_with_transformers
+    from big5_dagster.lib.engine.vllm_engine import VllmModel, compare_with_transformers
 
     bfi = load_inventory("bfi44")
     conversations = [item_messages(bfi, item, "normal", None) for item in bfi.items[:6]]
     options = [str(v) for v in scale_values(bfi)]
     engine = VllmModel.load("embedded", models_dir=tmp_path, dtype="bfloat16")
-    loaded = model_lib.load_model("embedded", models_dir=tmp_path, dtype="bfloat16")
+    loaded = load_model("embedded", models_dir=tmp_path, dtype="bfloat16")
     figures = compare_with_transformers(engine, loaded, conversations, options)
     assert all(n >= 4 for n in figures["leading_tokens_equal"])
     assert figures["option_prob_max_abs_diff"] < 0.05

@@ -6,7 +6,12 @@ from datetime import datetime
 import pandas as pd
 import pytest
 
-from big5_dagster.lib.lineage import InputVersion, MaterializationRecord, format_tree, lineage_tree
+from big5_dagster.lib.common.lineage import (
+    InputVersion,
+    MaterializationRecord,
+    format_tree,
+    lineage_tree,
+)
 from big5_dagster.resources.warehouse import Warehouse
 
 
@@ -71,7 +76,11 @@ def test_lineage_tree_follows_input_data_versions(tmp_path):
     warehouse.record_lineage(
         _record("report", "x1", inputs=[InputVersion("posts", None, "v1")], run="r3", minute=2)
     )
-    assert warehouse.latest_versions("posts") == {None: "v2"}
+    latest = warehouse.query(
+        "SELECT data_version FROM lineage.materializations WHERE asset = 'posts' "
+        "ORDER BY ended_at DESC LIMIT 1"
+    )
+    assert latest.data_version.tolist() == ["v2"]
     with warehouse.connect() as con:
         tree = lineage_tree(con, "report")
     # the report read v1, not the latest posts

@@ -1,45 +1,64 @@
-"""Jobs, the weekly re-evaluation schedule and the new-adapter sensor.
+"""The whole-pipeline automation, the evaluation job, the weekly re-evaluation schedule and
+the new-adapter sensors (public Dagster APIs only).
 
 Dagster runs one partitions definition per run, and this graph has three (traits,
-personas, methods), so `big5_full_pipeline` asks Dagster's own backfill engine (executed by
-`dagster-daemon`, as the UI's "Materialize all" does) to materialize every asset and
-partition in dependency order. `big5_evaluation` is an ordinary asset job partitioned by
-method: a run evaluates one method and refreshes the summaries over every method present.
+personas, methods). `big5_full_pipeline` is a declarative-automation sensor (off by
+default; `dagster-daemon` evaluates it): every asset carries :data:`PIPELINE_CONDITION`, so
+the daemon materializes each missing asset partition once all its dependencies exist, in
+dependency order across the three partitions definitions, and again after its code version
+changes or a dependency is updated. `big5_evaluation` is an ordinary asset job partitioned
+by method: a run evaluates one method and refreshes the summaries over every method present.
 """
 
 import dagster as dg
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
-from dagster._core.execution.backfill import PartitionBackfill
-from dagster._core.utils import make_new_backfill_id
-from dagster._time import get_current_timestamp
 
-from big5_dagster.config import active_settings
-from big5_dagster.defs.evaluation import (
-    inventory_responses,
-    inventory_scores,
-    psychometric_reliability,
-    trait_correlations,
-)
-from big5_dagster.defs.reasoning import reasoning_by_trait, reasoning_results
-from big5_dagster.defs.report import big5_report
-from big5_dagster.defs.training import dpo_adapter, sft_adapter
-from big5_dagster.lib.evaluation import METHODS
+from big5_dagster.config import Settings
+from big5_dagster.lib.personality.methods import METHODS
 from big5_dagster.partitions import method_partitions
 
-settings = active_settings()
+EVALUATION_ASSETS = (
+    "inventory_responses",
+    "inventory_scores",
+    "psychometric_reliability",
+    "trait_correlations",
+    "reasoning_results",
+    "reasoning_by_trait",
+    "big5_report",
+)
+PIPELINE_SENSOR = "big5_full_pipeline"
 
-EVALUATION_ASSETS = [
-    inventory_responses,
-    inventory_scores,
-    psychometric_reliability,
-    trait_correlations,
-    reasoning_results,
-    reasoning_by_trait,
-    big5_report,
-]
+# Missing (never materialized, and its last run did not fail) or changed since last handled;
+# never while it or a dependency runs, nor before every dependency exists.
+PIPELINE_CONDITION = (
+    (
+        (dg.AutomationCondition.missing() & ~dg.AutomationCondition.execution_failed())
+        | (
+            dg.AutomationCondition.code_version_changed()
+            | dg.AutomationCondition.any_deps_updated()
+        ).since_last_handled()
+    )
+    & ~dg.AutomationCondition.in_progress()
+    & ~dg.AutomationCondition.any_deps_missing()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+).with_label("missing or changed, dependencies ready")
 
 
-def evaluation_job() -> UnresolvedAssetJobDefinition:
+def with_pipeline_condition(spec: dg.AssetSpec) -> dg.AssetSpec:
+    return spec.replace_attributes(automation_condition=PIPELINE_CONDITION)
+
+
+def pipeline_sensor() -> dg.AutomationConditionSensorDefinition:
+    return dg.AutomationConditionSensorDefinition(
+        PIPELINE_SENSOR,
+        target=dg.AssetSelection.all(),
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description="Materialize the whole pipeline: every missing asset and partition once "
+        "its dependencies exist, in dependency order; again when its code version changes or "
+        "a dependency is updated. Turn it on in the UI (dagster-daemon runs it).",
+    )
+
+
+def evaluation_job():
     return dg.define_asset_job(
         "big5_evaluation",
         selection=dg.AssetSelection.assets(*EVALUATION_ASSETS),
@@ -49,38 +68,7 @@ def evaluation_job() -> UnresolvedAssetJobDefinition:
     )
 
 
-@dg.op(description="Submit an asset backfill of every asset and partition to Dagster's daemon.")
-def submit_full_backfill(context: dg.OpExecutionContext) -> str:
-    graph = context.repository_def.asset_graph  # the code location this run belongs to
-    backfill_id = make_new_backfill_id()
-    backfill = PartitionBackfill.from_asset_partitions(
-        backfill_id=backfill_id,
-        asset_graph=graph,
-        partition_names=None,
-        asset_selection=sorted(graph.materializable_asset_keys, key=lambda k: k.to_string()),
-        backfill_timestamp=get_current_timestamp(),
-        tags={"big5/requested_by_run": context.run_id},
-        dynamic_partitions_store=context.instance,
-        all_partitions=True,
-        title="big5_full_pipeline",
-        description="Every BIG5-CHAT asset and partition, in dependency order.",
-        run_config=None,
-    )
-    context.instance.add_backfill(backfill)
-    context.log.info(f"submitted backfill {backfill_id}; dagster-daemon runs it (see Backfills)")
-    return backfill_id
-
-
-@dg.job(
-    executor_def=dg.in_process_executor,  # one light op; the backfill's runs use the default
-    description="Materialize the whole pipeline: corpora, experts, dialogues, training, "
-    "evaluation and report, every partition, as one backfill run by dagster-daemon.",
-)
-def big5_full_pipeline():
-    submit_full_backfill()
-
-
-def weekly_reevaluation_schedule(job: UnresolvedAssetJobDefinition) -> dg.ScheduleDefinition:
+def weekly_reevaluation_schedule(settings: Settings, job) -> dg.ScheduleDefinition:
     @dg.schedule(
         name="weekly_reevaluation",
         job=job,
@@ -101,20 +89,20 @@ def weekly_reevaluation_schedule(job: UnresolvedAssetJobDefinition) -> dg.Schedu
     return weekly_reevaluation
 
 
-def new_adapter_sensors(job: UnresolvedAssetJobDefinition) -> list[dg.SensorDefinition]:
+def new_adapter_sensors(settings: Settings, job) -> list[dg.SensorDefinition]:
     """One sensor per adapter asset: a new SFT (DPO) adapter evaluates the sft (dpo) method."""
 
-    def sensor_for(adapter: dg.AssetsDefinition, method: str) -> dg.SensorDefinition:
+    def sensor_for(adapter: str, method: str) -> dg.SensorDefinition:
         @dg.asset_sensor(
             name=f"evaluate_new_{method}_adapter",
-            asset_key=adapter.key,
+            asset_key=dg.AssetKey(adapter),
             job=job,
             default_status=(
                 dg.DefaultSensorStatus.RUNNING
                 if settings.automation.evaluate_new_adapters
                 else dg.DefaultSensorStatus.STOPPED
             ),
-            description=f"When {adapter.key.to_user_string()} is materialized, evaluate {method}.",
+            description=f"When {adapter} is materialized, evaluate {method}.",
         )
         def evaluate_new_adapter(
             context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry
@@ -125,4 +113,14 @@ def new_adapter_sensors(job: UnresolvedAssetJobDefinition) -> list[dg.SensorDefi
 
         return evaluate_new_adapter
 
-    return [sensor_for(sft_adapter, "sft"), sensor_for(dpo_adapter, "dpo")]
+    return [sensor_for("sft_adapter", "sft"), sensor_for("dpo_adapter", "dpo")]
+
+
+def build(settings: Settings) -> tuple[list, list, list]:
+    """(jobs, schedules, sensors)."""
+    job = evaluation_job()
+    return (
+        [job],
+        [weekly_reevaluation_schedule(settings, job)],
+        [*new_adapter_sensors(settings, job), pipeline_sensor()],
+    )

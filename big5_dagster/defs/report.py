@@ -5,19 +5,13 @@ import shutil
 
 import dagster as dg
 
-from big5_dagster.config import active_settings
-from big5_dagster.defs.dialogues import big5_chat_dataset, dialogue_quality
-from big5_dagster.defs.evaluation import (
-    inventory_scores,
-    psychometric_reliability,
-    trait_correlations,
-)
-from big5_dagster.defs.experts import trait_classifier, trait_experts
-from big5_dagster.defs.reasoning import reasoning_by_trait
+from big5_dagster.config import Settings
+from big5_dagster.defs.factory import Stage, versioned_asset
 from big5_dagster.defs.tracking import Tracker
-from big5_dagster.defs.training import dpo_adapter, sft_adapter
-from big5_dagster.lib import report
-from big5_dagster.lib.storage import atomic_file, hash_json, hash_source
+from big5_dagster.lib.common.files import atomic_file
+from big5_dagster.lib.common.hashing import hash_json
+from big5_dagster.lib.report.page import build_report
+from big5_dagster.lib.report.sections import ReportData
 from big5_dagster.resources.artifacts import ArtifactStore
 from big5_dagster.resources.warehouse import Warehouse
 
@@ -42,7 +36,9 @@ REPORT_TABLES = (
 REPORT_FILE = "report.html"
 
 
-def read_report_data(warehouse: Warehouse, store: ArtifactStore, run_id: str) -> report.ReportData:
+def read_report_data(
+    warehouse: Warehouse, store: ArtifactStore, run_id: str, settings: Settings
+) -> ReportData:
     """Every table the report reads (those present), lineage without the report's own rows."""
     tables = {
         name: warehouse.query(f'SELECT * FROM "{name}"')
@@ -59,8 +55,7 @@ def read_report_data(warehouse: Warehouse, store: ArtifactStore, run_id: str) ->
         path = store.file(asset, "reports.json")
         if path.exists():
             training_reports[asset] = json.loads(path.read_text())
-    settings = active_settings()
-    return report.ReportData(
+    return ReportData(
         tables=tables,
         training_reports=training_reports,
         run={
@@ -72,59 +67,60 @@ def read_report_data(warehouse: Warehouse, store: ArtifactStore, run_id: str) ->
     )
 
 
-@dg.asset(
-    deps=[
-        big5_chat_dataset,
-        dialogue_quality,
-        trait_classifier,
-        trait_experts,
-        sft_adapter,
-        dpo_adapter,
-        inventory_scores,
-        psychometric_reliability,
-        trait_correlations,
-        reasoning_by_trait,
-    ],
-    group_name="report",
-    kinds={"html"},
-    code_version=hash_source(report, read_report_data),
-)
-def big5_report(
-    context: dg.AssetExecutionContext, store: ArtifactStore, warehouse: Warehouse
-) -> dg.MaterializeResult:
-    """One self-contained HTML report of the run (plots embedded as PNG): dataset and flags,
-    classifier and expert quality, inventory scores beside human norms, separation,
-    reliability, correlation heatmaps, reasoning, failure rates, costs per stage, lineage."""
-    tracker = Tracker(context, warehouse)
-    data = read_report_data(warehouse, store, context.run.run_id)
-    page, sections = report.build_report(data)
-    folder = store.asset_dir("big5_report")
-    run_copy = folder / "runs" / f"report-{context.run.run_id}.html"
-    run_copy.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(run_copy) as tmp:
-        tmp.write_text(page, encoding="utf-8")
-    latest = folder / REPORT_FILE
-    with atomic_file(latest) as tmp:
-        shutil.copyfile(run_copy, tmp)
-    unfilled = [s.title for s in sections if not s.filled]
-    if unfilled:
-        context.log.warning(f"report sections without data: {', '.join(unfilled)}")
-    summary = "\n".join(
-        f"- {'✅' if s.filled else '⚠️ missing ' + ', '.join(s.missing)} {s.title}" for s in sections
+def build(settings: Settings) -> Stage:
+    @versioned_asset(
+        settings,
+        deps=[
+            "big5_chat_dataset",
+            "dialogue_quality",
+            "trait_classifier",
+            "trait_experts",
+            "sft_adapter",
+            "dpo_adapter",
+            "inventory_scores",
+            "psychometric_reliability",
+            "trait_correlations",
+            "reasoning_by_trait",
+        ],
+        group_name="report",
+        kinds={"html"},
     )
-    return tracker.result(
-        # The report is a function of its inputs: their data versions identify it.
-        data_version=hash_json([list(v.__dict__.values()) for v in tracker.input_versions()]),
-        rows=len(sections),
-        artifacts=[latest, run_copy],
-        metadata={
-            "report": dg.MetadataValue.path(str(latest)),
-            "this_run": dg.MetadataValue.path(str(run_copy)),
-            "sections": dg.MetadataValue.md(summary),
-            "sections_filled": len(sections) - len(unfilled),
-            "sections_missing": len(unfilled),
-        },
-    )
+    def big5_report(
+        context: dg.AssetExecutionContext, store: ArtifactStore, warehouse: Warehouse
+    ) -> dg.MaterializeResult:
+        """One self-contained HTML report of the run (plots embedded as PNG): dataset and
+        flags, classifier and expert quality, inventory scores beside human norms, separation,
+        reliability, correlation heatmaps, reasoning, failure rates, costs per stage, lineage."""
+        tracker = Tracker(context, warehouse, store)
+        data = read_report_data(warehouse, store, context.run.run_id, settings)
+        page, sections = build_report(data)
+        folder = store.asset_dir("big5_report")
+        run_copy = folder / "runs" / f"report-{context.run.run_id}.html"
+        run_copy.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(run_copy) as tmp:
+            tmp.write_text(page, encoding="utf-8")
+        latest = folder / REPORT_FILE
+        with atomic_file(latest) as tmp:
+            shutil.copyfile(run_copy, tmp)
+        unfilled = [s.title for s in sections if not s.filled]
+        if unfilled:
+            context.log.warning(f"report sections without data: {', '.join(unfilled)}")
+        summary = "\n".join(
+            f"- {'✅' if s.filled else '⚠️ missing ' + ', '.join(s.missing)} {s.title}"
+            for s in sections
+        )
+        return tracker.result(
+            # The report is a function of its inputs: their data versions identify it.
+            data_version=hash_json([list(v.__dict__.values()) for v in tracker.inputs]),
+            rows=len(sections),
+            artifacts=[latest, run_copy],
+            metadata={
+                "report": dg.MetadataValue.path(str(latest)),
+                "this_run": dg.MetadataValue.path(str(run_copy)),
+                "sections": dg.MetadataValue.md(summary),
+                "sections_filled": len(sections) - len(unfilled),
+                "sections_missing": len(unfilled),
+            },
+        )
 
-
-assets = [big5_report]
+    return Stage([big5_report])

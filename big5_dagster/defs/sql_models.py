@@ -12,6 +12,7 @@ from pathlib import Path
 import dagster as dg
 
 from big5_dagster.defs.tracking import Tracker
+from big5_dagster.lib.common.hashing import hash_dataframe
 from big5_dagster.lib.sqlmodels import (
     SqlModel,
     build_model,
@@ -19,7 +20,6 @@ from big5_dagster.lib.sqlmodels import (
     main_schema_relation,
     resolve_graph,
 )
-from big5_dagster.lib.storage import hash_dataframe
 from big5_dagster.resources.warehouse import Warehouse
 
 WAREHOUSE_TABLES = "warehouse_tables"

@@ -1,7 +1,9 @@
 """Every prompt the pipeline sends to a model, in one place (METHOD.md sections 3-6).
 
-Prompt texts are part of the method: changing one changes results, so templates are
-hashed into the code versions of the assets that use them.
+Prompt texts are part of the method: changing one changes results, so each is part of the
+code version of the assets that use it. This module is versioned by name
+(``CODE_VERSION_BY_NAME``): an asset's code version covers only the prompts it uses, so an
+edit to the inventory prompt does not make the dialogues stale.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ from collections.abc import Mapping
 from big5_dagster.lib.traits import Persona
 
 Message = dict[str, str]
+
+CODE_VERSION_BY_NAME = True
+"""lib.common.code_version hashes the names a caller uses from this module, not all of it."""
 
 TRAIT_TITLES: dict[str, str] = {
     "openness": "Openness",
@@ -137,3 +142,19 @@ def reply_messages(scenario: Mapping[str, str], opener: str, persona: Persona) -
             ),
         },
     ]
+
+
+# --------------------------------------------------------------------------- inventories
+# One item per call (METHOD.md section 6); personality.administration assembles them. The
+# option list comes before the statement, so everything up to the statement is the same for
+# every item of one condition and option order (a shared prefix computed once).
+
+USER_TEMPLATE = (
+    "{instructions}\n\n"
+    "Response options:\n{options}\n\n"
+    "Statement: {statement}\n\n"
+    "Answer with a single number from {low} to {high}."
+)
+OPTION_LINE_TEMPLATE = "{number} = {label}"
+DEMONSTRATIONS_HEADER = "Here are examples of how you talk:"
+DEMONSTRATION_LINE_TEMPLATE = "{index}. {text}"

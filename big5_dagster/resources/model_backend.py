@@ -1,7 +1,7 @@
-"""The model backend resource: a thin Dagster wrapper over big5_dagster.lib.model.
+"""The model backend resource: a thin Dagster wrapper over big5_dagster.lib.engine.
 
 Importing this module loads no model and not even torch or transformers (about 4 s), so
-loading the Dagster definitions stays fast: lib.model is imported on first use. The model
+loading the Dagster definitions stays fast: the engine is imported on first use. The model
 is loaded on the first call that needs it and cached per process, keyed by the settings,
 so steps running in one process share it.
 """
@@ -21,14 +21,11 @@ from big5_dagster.config import ModelSettings
 if TYPE_CHECKING:
     from transformers import LogitsProcessor
 
-    from big5_dagster.lib.model import (
-        Conversation,
-        GenerationResult,
-        LoadedModel,
-        OptionScores,
-        ProgressCallback,
-        SamplingParams,
-    )
+    from big5_dagster.lib.engine.generation import GenerationResult
+    from big5_dagster.lib.engine.loading import LoadedModel
+    from big5_dagster.lib.engine.sampling import SamplingParams
+    from big5_dagster.lib.engine.scoring import OptionScores
+    from big5_dagster.lib.engine.types import Conversation, ProgressCallback
 
 _CacheKey = tuple[str | None, ...]
 _PROCESS_CACHE: dict[_CacheKey, LoadedModel] = {}
@@ -70,9 +67,9 @@ class ModelBackend(dg.ConfigurableResource, ModelSettings):
         return self._loaded
 
     def _load_uncached(self) -> LoadedModel:
-        from big5_dagster.lib import model as model_lib
+        from big5_dagster.lib.engine.loading import load_model
 
-        return model_lib.load_model(
+        return load_model(
             self.base_model,
             models_dir=Path(self.models_dir),
             revision=self.revision,
@@ -82,10 +79,10 @@ class ModelBackend(dg.ConfigurableResource, ModelSettings):
 
     def respondent(self) -> Any:
         """What answers the inventories: the transformers model, or with backend 'vllm' a
-        vLLM engine (lib.vllm_backend.VllmModel), started once per process."""
+        vLLM engine (lib.engine.vllm_engine.VllmModel), started once per process."""
         if self.backend == "transformers":
             return self.load()
-        from big5_dagster.lib.vllm_backend import VllmModel
+        from big5_dagster.lib.engine.vllm_engine import VllmModel
 
         key = ("vllm", *self._cache_key())
         with _PROCESS_CACHE_LOCK:
@@ -101,9 +98,9 @@ class ModelBackend(dg.ConfigurableResource, ModelSettings):
 
     def model_id(self) -> str:
         """The model's id, without loading it."""
-        from big5_dagster.lib import model as model_lib
+        from big5_dagster.lib.engine.loading import resolve_model_source
 
-        return model_lib.resolve_model_source(self.base_model, Path(self.models_dir))[1]
+        return resolve_model_source(self.base_model, Path(self.models_dir))[1]
 
     def fingerprint(self) -> str:
         """Content-based identity of the model for lineage (loads it)."""
@@ -118,10 +115,10 @@ class ModelBackend(dg.ConfigurableResource, ModelSettings):
         progress: ProgressCallback | None = None,
         logits_processors: Sequence[LogitsProcessor] = (),
     ) -> list[GenerationResult]:
-        """Reply to each chat conversation; see lib.model.generate_chat."""
-        from big5_dagster.lib import model as model_lib
+        """Reply to each chat conversation; see lib.engine.generation.generate_chat."""
+        from big5_dagster.lib.engine.generation import generate_chat
 
-        return model_lib.generate_chat(
+        return generate_chat(
             self.load(),
             conversations,
             params,
@@ -139,10 +136,10 @@ class ModelBackend(dg.ConfigurableResource, ModelSettings):
         use_prefix_cache: bool = True,
         progress: ProgressCallback | None = None,
     ) -> OptionScores:
-        """Next-token log-probabilities of single-token options; see lib.model.score_options."""
-        from big5_dagster.lib import model as model_lib
+        """Next-token log-probabilities of single-token options; see lib.engine.scoring."""
+        from big5_dagster.lib.engine.scoring import score_options
 
-        return model_lib.score_options(
+        return score_options(
             self.load(),
             prompts,
             options,

@@ -17,7 +17,7 @@ import duckdb
 import pandas as pd
 from filelock import FileLock
 
-from big5_dagster.lib import lineage
+from big5_dagster.lib.common import lineage
 
 
 class WarehouseError(RuntimeError):
@@ -97,11 +97,6 @@ class Warehouse(dg.ConfigurableResource):
     def record_lineage(self, record: lineage.MaterializationRecord) -> None:
         with self.connect() as con:
             lineage.record_materialization(con, record)
-
-    def latest_versions(self, asset: str) -> dict[str | None, str]:
-        """Partition -> data version of the latest recorded materialization of ``asset``."""
-        with self.connect() as con:
-            return lineage.latest_data_versions(con, asset)
 
 
 def _table_exists(con: duckdb.DuckDBPyConnection, name: str, schema: str) -> bool:

@@ -1,0 +1,60 @@
+"""Settings sections -> the lib specs they configure, one function each."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from big5_dagster.config import DialogueSettings, ExpertSettings, LoraFields, TrainingSettings
+from big5_dagster.lib.engine.sampling import SamplingParams
+from big5_dagster.lib.experts.classifier_spec import ClassifierSpec
+from big5_dagster.lib.training.specs import LoraSpec, TrainSpec
+
+
+def lora_spec(config: LoraFields) -> LoraSpec:
+    return LoraSpec(r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout)
+
+
+def expert_train_spec(config: ExpertSettings) -> TrainSpec:
+    return TrainSpec(
+        epochs=config.epochs,
+        learning_rate=config.learning_rate,
+        batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        max_length=config.max_length,
+        seed=config.seed,
+    )
+
+
+def sft_train_spec(config: TrainingSettings, seed: int) -> TrainSpec:
+    return TrainSpec(
+        epochs=config.epochs,
+        learning_rate=config.learning_rate,
+        batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        max_length=config.max_length,
+        seed=seed,
+        warmup_steps=config.warmup_steps,
+        lr_scheduler=config.lr_scheduler,
+        save_steps=config.save_steps,
+    )
+
+
+def dpo_train_spec(config: TrainingSettings, seed: int) -> TrainSpec:
+    """The SFT schedule plus DPO's beta."""
+    return dataclasses.replace(sft_train_spec(config, seed), beta=config.dpo_beta)
+
+
+def classifier_spec(config) -> ClassifierSpec:  # noqa: ANN001 - a ClassifierSettings
+    return ClassifierSpec(**config.model_dump())
+
+
+def dialogue_sampling(config: DialogueSettings, max_new_tokens: int, seed: int) -> SamplingParams:
+    """The dialogues' decoding settings (openers and replies share them)."""
+    return SamplingParams(
+        max_new_tokens=max_new_tokens,
+        do_sample=config.do_sample,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        repetition_penalty=config.repetition_penalty,
+        seed=seed,
+    )

@@ -1,1 +1,0 @@
-"""Packaged personality inventories (BFI-44, IPIP-NEO-120) as JSON data; see big5_dagster.lib.inventories."""

@@ -1,0 +1,205 @@
+"""Lineage of materializations in the warehouse's `lineage` schema.
+
+One row per materialization (what was produced, by which code, config, models and seeds,
+when, how many rows, where) and one row per input it read (which asset, partition and
+data version). Walking inputs by data version leads from any result back to the corpora.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import duckdb
+
+SCHEMA_SQL = """
+CREATE SCHEMA IF NOT EXISTS lineage;
+CREATE TABLE IF NOT EXISTS lineage.materializations (
+    materialization_id VARCHAR PRIMARY KEY,
+    asset VARCHAR NOT NULL,
+    partition VARCHAR,
+    run_id VARCHAR,
+    code_version VARCHAR,
+    data_version VARCHAR NOT NULL,
+    profile VARCHAR,
+    config JSON,
+    settings JSON,
+    model_ids JSON,
+    seeds JSON,
+    started_at TIMESTAMP,
+    ended_at TIMESTAMP,
+    row_count BIGINT,
+    artifact_paths JSON
+);
+CREATE TABLE IF NOT EXISTS lineage.inputs (
+    materialization_id VARCHAR NOT NULL,
+    input_asset VARCHAR NOT NULL,
+    input_partition VARCHAR,
+    input_data_version VARCHAR
+);
+-- Warehouses made before the settings column: add it (rows from before have none).
+ALTER TABLE lineage.materializations ADD COLUMN IF NOT EXISTS settings JSON;
+"""
+
+
+@dataclass(frozen=True)
+class InputVersion:
+    asset: str
+    partition: str | None
+    data_version: str | None
+
+
+@dataclass(frozen=True)
+class MaterializationRecord:
+    asset: str
+    partition: str | None
+    run_id: str
+    code_version: str | None
+    data_version: str
+    started_at: datetime
+    ended_at: datetime
+    row_count: int | None = None
+    profile: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    """The run's config of the asset (the launchpad fields, defaults included)."""
+    settings: dict[str, Any] = field(default_factory=dict)
+    """The settings the asset read ('section.field' -> value), as they ran."""
+    model_ids: dict[str, Any] = field(default_factory=dict)
+    seeds: dict[str, Any] = field(default_factory=dict)
+    artifact_paths: list[str] = field(default_factory=list)
+    inputs: tuple[InputVersion, ...] = ()
+
+    @property
+    def materialization_id(self) -> str:
+        return f"{self.run_id}/{self.asset}/{self.partition or ''}"
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(SCHEMA_SQL)
+
+
+def record_materialization(con: duckdb.DuckDBPyConnection, rec: MaterializationRecord) -> None:
+    """Write one materialization and its inputs (replacing a retry of the same run step)."""
+    mid = rec.materialization_id
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute("DELETE FROM lineage.inputs WHERE materialization_id = ?", [mid])
+        con.execute("DELETE FROM lineage.materializations WHERE materialization_id = ?", [mid])
+        con.execute(
+            """
+            INSERT INTO lineage.materializations (
+                materialization_id, asset, partition, run_id, code_version, data_version,
+                profile, config, settings, model_ids, seeds, started_at, ended_at, row_count,
+                artifact_paths
+            ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """,
+            [
+                mid,
+                rec.asset,
+                rec.partition,
+                rec.run_id,
+                rec.code_version,
+                rec.data_version,
+                rec.profile,
+                json.dumps(rec.config, sort_keys=True, default=str),
+                json.dumps(rec.settings, sort_keys=True, default=str),
+                json.dumps(rec.model_ids, sort_keys=True, default=str),
+                json.dumps(rec.seeds, sort_keys=True, default=str),
+                rec.started_at,
+                rec.ended_at,
+                rec.row_count,
+                json.dumps(rec.artifact_paths),
+            ],
+        )
+        if rec.inputs:
+            con.executemany(
+                "INSERT INTO lineage.inputs VALUES (?, ?, ?, ?)",
+                [(mid, i.asset, i.partition, i.data_version) for i in rec.inputs],
+            )
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
+@dataclass
+class LineageNode:
+    asset: str
+    partition: str | None
+    data_version: str | None
+    code_version: str | None = None
+    run_id: str | None = None
+    ended_at: datetime | None = None
+    row_count: int | None = None
+    found: bool = True
+    inputs: list[LineageNode] = field(default_factory=list)
+
+
+def _find(
+    con: duckdb.DuckDBPyConnection, asset: str, partition: str | None, data_version: str | None
+) -> tuple | None:
+    sql = """
+        SELECT materialization_id, data_version, code_version, run_id, ended_at, row_count
+        FROM lineage.materializations
+        WHERE asset = ? AND partition IS NOT DISTINCT FROM ?
+    """
+    params: list[Any] = [asset, partition]
+    if data_version is not None:
+        sql += " AND data_version = ?"
+        params.append(data_version)
+    sql += " ORDER BY ended_at DESC LIMIT 1"
+    rows = con.execute(sql, params).fetchall()
+    return rows[0] if rows else None
+
+
+def lineage_tree(
+    con: duckdb.DuckDBPyConnection,
+    asset: str,
+    partition: str | None = None,
+    data_version: str | None = None,
+    _seen: frozenset[tuple[str, str | None, str | None]] = frozenset(),
+) -> LineageNode:
+    """The upstream tree of the latest (or the given) materialization of ``asset``."""
+    row = _find(con, asset, partition, data_version)
+    if row is None:
+        return LineageNode(asset, partition, data_version, found=False)
+    mid, version, code_version, run_id, ended_at, row_count = row
+    node = LineageNode(asset, partition, version, code_version, run_id, ended_at, row_count)
+    key = (asset, partition, version)
+    if key in _seen:  # defensive: lineage is a DAG, but never loop on bad data
+        return node
+    inputs = con.execute(
+        """
+        SELECT input_asset, input_partition, input_data_version FROM lineage.inputs
+        WHERE materialization_id = ? ORDER BY input_asset, input_partition
+        """,
+        [mid],
+    ).fetchall()
+    for in_asset, in_partition, in_version in inputs:
+        node.inputs.append(lineage_tree(con, in_asset, in_partition, in_version, _seen | {key}))
+    return node
+
+
+def format_tree(node: LineageNode) -> str:
+    """An indented text tree, one line per materialization."""
+    lines: list[str] = []
+
+    def describe(n: LineageNode) -> str:
+        name = n.asset + (f"[{n.partition}]" if n.partition else "")
+        if not n.found:
+            return f"{name}  data={n.data_version or '?'}  (no lineage record)"
+        when = n.ended_at.strftime("%Y-%m-%d %H:%M:%S") if n.ended_at else "?"
+        rows = f"  rows={n.row_count}" if n.row_count is not None else ""
+        return f"{name}  data={n.data_version}  code={n.code_version}  run={(n.run_id or '?')[:8]}  at={when}{rows}"
+
+    def walk(n: LineageNode, prefix: str, last: bool, root: bool) -> None:
+        branch = "" if root else ("└── " if last else "├── ")
+        lines.append(prefix + branch + describe(n))
+        child_prefix = prefix if root else prefix + ("    " if last else "│   ")
+        for i, child in enumerate(n.inputs):
+            walk(child, child_prefix, i == len(n.inputs) - 1, False)
+
+    walk(node, "", True, True)
+    return "\n".join(lines)

@@ -1,0 +1,162 @@
+"""The conditions a method partition evaluates (METHOD.md section 6).
+
+A *condition* is one way of setting the model up: the base model, a prompting baseline
+(trait description, or 10 example replies) for one persona, or a LoRA adapter (SFT/DPO,
+one training seed) selected by the persona instruction it was trained with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from big5_dagster.lib.personality.administration import (
+    item_messages,
+)
+from big5_dagster.lib.personality.inventory import Inventory
+from big5_dagster.lib.personality.methods import ADAPTER_METHODS, METHODS, NO_PERSONA
+from big5_dagster.lib.prompts import persona_description, persona_instruction
+from big5_dagster.lib.traits import PERSONAS, Persona
+
+SCORERS: tuple[str, ...] = ("logprob", "generate")
+
+
+N_DEMONSTRATIONS = 10
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One model set-up to administer the inventories under.
+
+    ``system`` is the system turn's persona text; None leaves the system turn out, and then
+    SmolLM2's chat template injects its default system prompt ("You are a helpful AI
+    assistant named SmolLM, trained by Hugging Face"): the base condition is the model as a
+    user meets it. ``demonstrations`` (the demonstration baseline) go into the system turn
+    below ``system``. ``adapter_seed``/``adapter_version`` identify the LoRA adapter of an
+    SFT/DPO condition (training seed, hash of the adapter weights); the caller attaches it.
+    """
+
+    method: str
+    persona: str
+    adapter_seed: int | None = None
+    system: str | None = None
+    demonstrations: tuple[str, ...] | None = None
+    adapter_version: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}: expected one of {list(METHODS)}")
+        if self.demonstrations is not None:
+            if isinstance(self.demonstrations, str):
+                raise TypeError(f"{self.label}: demonstrations must be a list of strings")
+            object.__setattr__(self, "demonstrations", tuple(self.demonstrations))
+        if self.method == "base":
+            if self.persona != NO_PERSONA:
+                raise ValueError(
+                    f"the base condition has persona {NO_PERSONA!r}, got {self.persona!r}"
+                )
+        else:
+            Persona.parse(self.persona)  # raises naming the expected form
+        needs_adapter = self.method in ADAPTER_METHODS
+        if needs_adapter and (self.adapter_seed is None or not self.adapter_version):
+            raise ValueError(
+                f"{self.label}: an {self.method} condition needs adapter_seed and adapter_version"
+            )
+        if not needs_adapter and (
+            self.adapter_seed is not None or self.adapter_version is not None
+        ):
+            raise ValueError(f"{self.label}: only sft/dpo conditions have an adapter")
+        if self.method == "prompt_demonstrations" and not self.demonstrations:
+            raise ValueError(f"{self.label}: the demonstrations baseline needs demonstrations")
+        if self.method != "prompt_demonstrations" and self.demonstrations is not None:
+            raise ValueError(f"{self.label}: only prompt_demonstrations takes demonstrations")
+
+    @property
+    def label(self) -> str:
+        """A readable id: 'base', 'prompt_description/openness_high', 'sft/openness_high/seed1'."""
+        parts = [self.method] if self.method == "base" else [self.method, self.persona]
+        if self.adapter_seed is not None:
+            parts.append(f"seed{self.adapter_seed}")
+        return "/".join(parts)
+
+    @property
+    def adapter_identity(self) -> tuple[str, int | None, str | None]:
+        """What must be attached to the model: ('none', None, None) for no adapter."""
+        if self.method not in ADAPTER_METHODS:
+            return ("none", None, None)
+        return (self.method, self.adapter_seed, self.adapter_version)
+
+    def messages(self, inv: Inventory, item_id: str, order: str) -> list[dict[str, str]]:
+        """The chat prompt of one item in one option order under this condition."""
+        return item_messages(inv, inv.item(item_id), order, self.system, self.demonstrations)
+
+
+def conditions_for(
+    method: str,
+    personas: Sequence[Persona] = PERSONAS,
+    demonstrations_by_persona: Mapping[str, Sequence[str]] | None = None,
+    adapter_seeds: Mapping[int, str] | None = None,
+    *,
+    n_demonstrations: int = N_DEMONSTRATIONS,
+) -> list[Condition]:
+    """The conditions one method partition evaluates.
+
+    - base: one condition, persona 'none', no system turn (the chat template's default
+      system prompt applies, see ``Condition``);
+    - prompt_description: per persona, system = ``persona_description(persona)``;
+    - prompt_demonstrations: per persona, the persona's ``n_demonstrations`` BIG5-CHAT
+      replies from ``demonstrations_by_persona`` (persona key -> replies), exactly that many;
+    - sft / dpo: per persona and adapter seed, system = ``persona_instruction(persona)`` (the
+      instruction the adapters were trained with); ``adapter_seeds`` maps each training seed
+      to its adapter version (weights hash).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}: expected one of {list(METHODS)}")
+    if method == "base":
+        return [Condition(method="base", persona=NO_PERSONA)]
+    if not personas:
+        raise ValueError(f"method {method!r} needs at least one persona")
+    if method == "prompt_description":
+        return [
+            Condition(method=method, persona=p.key, system=persona_description(p)) for p in personas
+        ]
+    if method == "prompt_demonstrations":
+        if demonstrations_by_persona is None:
+            raise ValueError("prompt_demonstrations needs demonstrations_by_persona")
+        conditions = []
+        for p in personas:
+            if p.key not in demonstrations_by_persona:
+                raise ValueError(f"demonstrations_by_persona has no entry for persona {p.key!r}")
+            replies = list(demonstrations_by_persona[p.key])
+            if len(replies) != n_demonstrations:
+                raise ValueError(
+                    f"demonstrations_by_persona[{p.key!r}] holds {len(replies)} replies, "
+                    f"expected {n_demonstrations}"
+                )
+            conditions.append(
+                Condition(method=method, persona=p.key, demonstrations=tuple(replies))
+            )
+        return conditions
+    if not adapter_seeds:
+        raise ValueError(
+            f"method {method!r} needs adapter_seeds (training seed -> adapter version)"
+        )
+    return [
+        Condition(
+            method=method,
+            persona=p.key,
+            adapter_seed=int(seed),
+            system=persona_instruction(p),
+            adapter_version=version,
+        )
+        for seed, version in sorted(adapter_seeds.items())
+        for p in personas
+    ]
+
+
+def by_adapter(conditions: Sequence[Condition]) -> dict[int | None, list[Condition]]:
+    """The conditions grouped by the adapter seed they need (None: no adapter), in order."""
+    groups: dict[int | None, list[Condition]] = {}
+    for condition in conditions:
+        groups.setdefault(condition.adapter_seed, []).append(condition)
+    return groups

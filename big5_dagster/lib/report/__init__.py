@@ -1,0 +1,1 @@
+"""The run report: its sections and page, and the plots (also used for training loss curves)."""

@@ -1,0 +1,166 @@
+"""PNG plots for asset metadata and the report (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and CI
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from big5_dagster.lib.common.files import atomic_file
+
+
+def save_figure(fig: plt.Figure, path: Path) -> Path:
+    with atomic_file(Path(path)) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)
+
+
+def loss_curves_png(
+    curves: Mapping[str, Sequence[tuple[int, float]]], path: Path, title: str = "training loss"
+) -> Path:
+    """One line per named curve of (step, loss) points."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    for name, points in curves.items():
+        if points:
+            steps, losses = zip(*points, strict=True)
+            ax.plot(steps, losses, marker="o", markersize=2, label=name)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    if len(curves) > 1:
+        ax.legend()
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+def png_bytes(fig: plt.Figure) -> bytes:
+    """The figure as PNG bytes (for embedding in a self-contained report), then closed."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def bar_chart(
+    frame: pd.DataFrame,
+    x: str,
+    y: str,
+    hue: str | None = None,
+    *,
+    title: str,
+    ylabel: str,
+    reference: float | None = None,
+    reference_label: str = "",
+) -> bytes:
+    """Grouped bars of ``y`` by ``x`` (one colour per ``hue``), with an optional line."""
+    table = (
+        frame.pivot_table(index=x, columns=hue, values=y, dropna=False)
+        if hue
+        else frame.set_index(x)[[y]]
+    ).astype(float)
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * len(table) + 2), 3.2))
+    if np.isfinite(table.to_numpy()).any():
+        table.plot.bar(ax=ax, legend=hue is not None, width=0.8)
+    else:  # e.g. alpha of a condition where every answer failed: say so, do not crash
+        ax.text(0.5, 0.5, "no finite values", ha="center", va="center", transform=ax.transAxes)
+    if reference is not None:
+        ax.axhline(reference, color="grey", linestyle="--", linewidth=1, label=reference_label)
+        if reference_label:
+            ax.legend(fontsize=7)
+    ax.set_xlabel("")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+    for label in ax.get_xticklabels():
+        label.set_horizontalalignment("right")
+    ax.grid(axis="y", alpha=0.3)
+    return png_bytes(fig)
+
+
+def scores_beside_norms(scores: pd.DataFrame, title: str) -> bytes:
+    """One panel per trait: the high and low persona of that trait per method (mean and 95% CI)
+    beside the human norm (mean +- 1 SD band). Columns: method, persona, trait, mean, ci_low,
+    ci_high, human_mean, human_sd."""
+    traits = list(dict.fromkeys(scores.trait))
+    methods = sorted(scores.method.unique())
+    fig, axes = plt.subplots(1, len(traits), figsize=(2.6 * len(traits), 3.0), sharey=True)
+    axes = np.atleast_1d(axes)
+    for ax, trait in zip(axes, traits, strict=True):
+        rows = scores[scores.trait == trait]
+        norm = rows[["human_mean", "human_sd"]].dropna().head(1)
+        if len(norm):
+            m, s = float(norm.human_mean.iloc[0]), float(norm.human_sd.iloc[0])
+            ax.axhspan(m - s, m + s, color="grey", alpha=0.15, label="human norm ±1 SD")
+            ax.axhline(m, color="grey", linewidth=1)
+        for offset, (persona, colour) in zip(
+            (-0.15, 0.0, 0.15),
+            ((f"{trait}_high", "tab:red"), ("none", "tab:grey"), (f"{trait}_low", "tab:blue")),
+            strict=True,
+        ):
+            picked = rows[rows.persona == persona].set_index("method").reindex(methods)
+            xs = np.arange(len(methods)) + offset
+            err = np.vstack([picked["mean"] - picked.ci_low, picked.ci_high - picked["mean"]])
+            ax.errorbar(
+                xs,
+                picked["mean"],
+                yerr=np.nan_to_num(err),
+                fmt="o",
+                color=colour,
+                markersize=4,
+                capsize=2,
+                label=persona.replace(f"{trait}_", "") if persona != "none" else "base",
+            )
+        ax.set_xticks(np.arange(len(methods)), methods, rotation=45, ha="right", fontsize=7)
+        ax.set_title(trait, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("trait score (1-5)")
+    axes[-1].legend(fontsize=6, loc="lower right")
+    fig.suptitle(title, fontsize=10)
+    return png_bytes(fig)
+
+
+def heatmaps(matrices: Mapping[str, pd.DataFrame], title: str) -> bytes:
+    """Correlation matrices side by side on one -1..1 colour scale, values written in."""
+    fig, axes = plt.subplots(1, len(matrices), figsize=(2.9 * len(matrices), 2.9))
+    axes = np.atleast_1d(axes)
+    image = None
+    for ax, (name, matrix) in zip(axes, matrices.items(), strict=True):
+        values = matrix.to_numpy(dtype=float)
+        image = ax.imshow(values, vmin=-1, vmax=1, cmap="RdBu_r")
+        labels = [str(c)[:1].upper() for c in matrix.columns]
+        ax.set_xticks(range(len(labels)), labels)
+        ax.set_yticks(range(len(labels)), labels)
+        for i in range(values.shape[0]):
+            for j in range(values.shape[1]):
+                text = "" if np.isnan(values[i, j]) else f"{values[i, j]:.2f}"
+                ax.text(j, i, text, ha="center", va="center", fontsize=6)
+        ax.set_title(name, fontsize=8)
+    if image is not None:
+        fig.colorbar(image, ax=list(axes), shrink=0.8)
+    fig.suptitle(title, fontsize=10)
+    return png_bytes(fig)
+
+
+def differences_with_ci(frame: pd.DataFrame, label: str, title: str) -> bytes:
+    """Horizontal points with 95% CIs (columns ``label``, diff, ci_low, ci_high) around 0."""
+    frame = frame.reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(6.0, max(2.0, 0.22 * len(frame) + 1)))
+    ys = np.arange(len(frame))
+    err = np.vstack([frame["diff"] - frame.ci_low, frame.ci_high - frame["diff"]])
+    ax.errorbar(frame["diff"], ys, xerr=np.nan_to_num(err), fmt="o", markersize=3, capsize=2)
+    ax.axvline(0, color="grey", linewidth=1)
+    ax.set_yticks(ys, frame[label], fontsize=6)
+    ax.invert_yaxis()
+    ax.set_xlabel("high minus low (95% CI)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    return png_bytes(fig)

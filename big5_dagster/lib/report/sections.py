@@ -1,0 +1,491 @@
+"""The run report's sections: each reads the tables it needs from the warehouse (the report is
+one self-contained HTML file of tables and base64 PNG plots, no external
+files or scripts) built from the warehouse tables and lineage of a run.
+
+Every section reads the tables it needs; a section whose tables are missing says which
+asset to materialize instead of showing an empty plot, and is listed as unfilled.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from big5_dagster.lib.dialogues.schema import FLAG_NAMES
+from big5_dagster.lib.personality import human_reference
+from big5_dagster.lib.report import plots
+from big5_dagster.lib.traits import TRAITS
+
+PRIMARY_SCORER = "logprob"
+
+
+@dataclass
+class ReportData:
+    """What the report is built from: warehouse tables by name (lineage included as
+    ``lineage`` and ``lineage_inputs``), training reports per adapter asset, run facts."""
+
+    tables: Mapping[str, pd.DataFrame]
+    training_reports: Mapping[str, Sequence[Mapping[str, Any]]] = field(default_factory=dict)
+    run: Mapping[str, Any] = field(default_factory=dict)
+
+    def table(self, name: str) -> pd.DataFrame | None:
+        frame = self.tables.get(name)
+        return frame if frame is not None and len(frame) else None
+
+
+@dataclass
+class Section:
+    key: str
+    title: str
+    blocks: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def filled(self) -> bool:
+        return not self.missing and bool(self.blocks)
+
+    def text(self, paragraph: str) -> None:
+        self.blocks.append(f"<p>{html.escape(paragraph)}</p>")
+
+    def table(self, frame: pd.DataFrame, caption: str | None = None, digits: int = 3) -> None:
+        numeric = frame.select_dtypes("number").columns
+        shown = frame.assign(**{c: frame[c].round(digits) for c in numeric})
+        heading = f"<h4>{html.escape(caption)}</h4>" if caption else ""
+        body = shown.to_html(index=False, na_rep="–", border=0, classes="data", escape=True)
+        self.blocks.append(f'{heading}<div class="scroll">{body}</div>')
+
+    def image(self, png: bytes, alt: str) -> None:
+        encoded = base64.b64encode(png).decode("ascii")
+        self.blocks.append(f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{encoded}"/>')
+
+    def require(self, data: ReportData, *tables: str) -> list[pd.DataFrame] | None:
+        """The named tables, or None after noting which are missing."""
+        frames = [data.table(t) for t in tables]
+        gone = [t for t, f in zip(tables, frames, strict=True) if f is None]
+        if gone:
+            self.missing.extend(gone)
+            self.text(f"Not in this run's warehouse: {', '.join(gone)}. Materialize them first.")
+            return None
+        return frames
+
+
+def _overview(data: ReportData) -> Section:
+    section = Section("overview", "Run and lineage summary")
+    found = section.require(data, "lineage")
+    if found is None:
+        return section
+    (lineage,) = found
+    facts = {**data.run, "materializations recorded": len(lineage)}
+    section.table(pd.DataFrame({"what": list(facts), "value": [str(v) for v in facts.values()]}))
+    lineage = lineage.sort_values("ended_at")
+    latest = lineage.groupby(["asset", "partition"], dropna=False).tail(1)
+    inputs = data.table("lineage_inputs")
+    n_inputs = (
+        inputs.groupby("materialization_id").size() if inputs is not None else pd.Series(dtype=int)
+    )
+    latest = latest.assign(inputs=latest.materialization_id.map(n_inputs).fillna(0).astype(int))
+    summary = (
+        latest.groupby("asset")
+        .agg(
+            partitions=("partition", lambda p: int(p.notna().sum()) or 1),
+            data_version=("data_version", lambda v: v.iloc[-1][:12]),
+            code_version=("code_version", lambda v: str(v.iloc[-1])[:12]),
+            inputs_read=("inputs", "sum"),
+            rows=("row_count", "sum"),
+            last_run=("run_id", lambda v: v.iloc[-1][:8]),
+            ended_at=("ended_at", "max"),
+        )
+        .reset_index()
+        .sort_values("ended_at")
+    )
+    section.text(
+        "Latest materialization of every asset (data versions are content hashes; "
+        "`big5 lineage ASSET` prints the full upstream tree, the same rows answer SQL in "
+        "lineage.materializations and lineage.inputs)."
+    )
+    section.table(summary)
+    return section
+
+
+def _dataset(data: ReportData) -> Section:
+    section = Section("dataset", "BIG5-CHAT dataset: size, splits and flags")
+    found = section.require(data, "big5_chat_dataset")
+    if found is None:
+        return section
+    (dataset,) = found
+    flags = [f for f in FLAG_NAMES if f in dataset]
+    counts = (
+        dataset.groupby(["persona", "split"]).size().unstack("split", fill_value=0).reset_index()
+    )
+    rates = dataset.groupby("persona")[flags].mean().reset_index()
+    words = dataset.reply.fillna("").str.split().str.len()
+    section.text(
+        f"{len(dataset)} replies to {dataset.scenario_id.nunique()} scenarios; reply length "
+        f"{words.mean():.1f} words on average (median {words.median():.0f}). Flagged replies "
+        "are kept and counted, never dropped silently."
+    )
+    section.table(counts.merge(rates, on="persona"), "replies per split and flag rates")
+    long = rates.melt(id_vars="persona", var_name="flag", value_name="rate")
+    section.image(
+        plots.bar_chart(long, "persona", "rate", "flag", title="flag rate", ylabel="share"),
+        "flag rates per persona",
+    )
+    return section
+
+
+def _classifier_and_experts(data: ReportData) -> Section:
+    section = Section("classifier_experts", "Trait classifier and expert quality")
+    found = section.require(data, "trait_classifier_evaluation", "expert_quality")
+    if found is None:
+        return section
+    classifier, experts = found
+    section.text("Held-out accuracy of the trait classifier on posts it never saw.")
+    section.table(classifier)
+    section.image(
+        plots.bar_chart(
+            classifier.melt(
+                id_vars="trait", value_vars=["accuracy", "majority_baseline"], var_name="what"
+            ),
+            "trait",
+            "value",
+            "what",
+            title="classifier held-out accuracy",
+            ylabel="accuracy",
+        ),
+        "classifier accuracy",
+    )
+    gate = (
+        experts.assign(hits=experts.accuracy * experts.n)
+        .groupby(["trait", "on_target"])
+        .agg(hits=("hits", "sum"), n=("n", "sum"))
+        .reset_index()
+    )
+    gate["accuracy"] = gate.hits / gate.n
+    gate["target"] = gate.on_target.map({True: "on-target", False: "off-target"})
+    section.text(
+        "Expert quality gate: the classifier reads the requested level in the experts' "
+        "completions of held-out prefixes (on-target) and, ideally, not in other traits "
+        "(off-target, chance 0.5)."
+    )
+    section.table(gate[["trait", "target", "n", "accuracy"]])
+    section.image(
+        plots.bar_chart(
+            gate,
+            "trait",
+            "accuracy",
+            "target",
+            title="expert gate",
+            ylabel="accuracy",
+            reference=0.5,
+            reference_label="chance",
+        ),
+        "expert gate accuracy",
+    )
+    return section
+
+
+def _dialogue_quality(data: ReportData) -> Section:
+    section = Section("dialogue_quality", "Dialogue quality: is the trait in the replies?")
+    found = section.require(data, "dialogue_quality")
+    if found is None:
+        return section
+    (quality,) = found
+    above = int((quality.target_accuracy > 0.5).sum())
+    section.text(
+        f"Classifier accuracy of the target trait level per persona: {above} of "
+        f"{len(quality)} personas above chance (0.5)."
+    )
+    section.table(quality)
+    section.image(
+        plots.bar_chart(
+            quality,
+            "persona",
+            "target_accuracy",
+            title="target-trait accuracy of replies",
+            ylabel="accuracy",
+            reference=0.5,
+            reference_label="chance",
+        ),
+        "dialogue target accuracy",
+    )
+    return section
+
+
+def _inventory_scores(data: ReportData) -> Section:
+    section = Section("inventory_scores", "Inventory scores beside human norms")
+    found = section.require(data, "inventory_scores")
+    if found is None:
+        return section
+    (scores,) = found
+    section.text(
+        "Mean trait score (95% CI over runs, option orders and adapter seeds) of each "
+        "trait's high and low persona and of the base model, per method; the grey band is "
+        "the human norm (mean ± 1 SD, source in personality_inventory_norms)."
+    )
+    for (scorer, inventory), rows in scores.groupby(["scorer", "inventory"]):
+        section.image(
+            plots.scores_beside_norms(rows, f"{inventory}, scorer {scorer}"),
+            f"{inventory} {scorer} scores",
+        )
+    on_target = scores[
+        (scores.persona == "none") | scores.apply(lambda r: r.persona.startswith(r.trait), axis=1)
+    ]
+    section.table(
+        on_target[
+            [
+                "scorer",
+                "method",
+                "inventory",
+                "persona",
+                "trait",
+                "mean",
+                "ci_low",
+                "ci_high",
+                "n",
+                "human_mean",
+                "human_sd",
+            ]
+        ],
+        "scores of each persona on its own trait",
+        digits=2,
+    )
+    return section
+
+
+def _separation(data: ReportData) -> Section:
+    section = Section("separation", "High-low separation and off-target drift")
+    found = section.require(data, "inventory_separation")
+    if found is None:
+        return section
+    (separation,) = found
+    target = separation[separation.is_target]
+    drift = (
+        separation[~separation.is_target]
+        .assign(abs_difference=lambda f: f.difference.abs())
+        .groupby(["scorer", "method", "inventory"])
+        .abs_difference.mean()
+        .rename("mean_abs_off_target_drift")
+        .reset_index()
+    )
+    section.text(
+        "Score of the high persona minus the low persona on its own trait (Cohen's d uses "
+        "the pooled SD). At 135M parameters little separation is expected; the numbers are "
+        "shown as measured."
+    )
+    section.table(
+        target[
+            [
+                "scorer",
+                "method",
+                "inventory",
+                "trait",
+                "mean_high",
+                "mean_low",
+                "difference",
+                "cohens_d",
+            ]
+        ]
+    )
+    primary = target[target.scorer == PRIMARY_SCORER]
+    if len(primary):
+        for inventory, rows in primary.groupby("inventory"):
+            section.image(
+                plots.bar_chart(
+                    rows,
+                    "trait",
+                    "difference",
+                    "method",
+                    ylabel="high − low",
+                    title=f"high-low separation, {inventory} ({PRIMARY_SCORER})",
+                    reference=0.0,
+                ),
+                f"separation {inventory}",
+            )
+    section.table(drift, "off-target drift: mean |high − low| on the other four traits")
+    return section
+
+
+def _reliability(data: ReportData) -> Section:
+    section = Section("reliability", "Reliability: Cronbach's alpha and McDonald's omega")
+    found = section.require(data, "psychometric_reliability")
+    if found is None:
+        return section
+    (reliability,) = found
+    section.text(
+        "Per trait and condition over the condition's respondents (personas × runs × option "
+        "orders); human samples typically reach alpha 0.75-0.90 on these scales."
+    )
+    section.table(reliability)
+    for (scorer, inventory), rows in reliability.groupby(["scorer", "inventory"]):
+        section.image(
+            plots.bar_chart(
+                rows,
+                "trait",
+                "alpha",
+                "method",
+                ylabel="alpha",
+                title=f"Cronbach's alpha, {inventory} ({scorer})",
+            ),
+            f"alpha {inventory} {scorer}",
+        )
+    return section
+
+
+def _correlations(data: ReportData) -> Section:
+    section = Section("correlations", "Trait correlations: models beside humans")
+    found = section.require(data, "trait_correlations", "trait_correlation_distance")
+    if found is None:
+        return section
+    matrices, distance = found
+    source = human_reference.HUMAN_TRAIT_CORRELATIONS_SOURCE.citation
+    section.text(
+        "Correlations of the five trait scores across the 10 personas (the paper's matrix), "
+        f"beside the human reference: {source}. Distance is the Frobenius norm of the "
+        "difference with a bootstrap 95% CI."
+    )
+    section.table(distance.drop(columns=["reference"], errors="ignore"))
+    human = human_reference.human_trait_correlations()
+    for (scorer, inventory), rows in matrices.groupby(["scorer", "inventory"]):
+        shown = {"human": human}
+        for method, part in rows.groupby("method"):
+            first_seed = part[part.adapter_seed == part.adapter_seed.min()]
+            wide = first_seed.pivot(index="trait_a", columns="trait_b", values="r")
+            shown[method] = wide.reindex(index=list(TRAITS), columns=list(TRAITS))
+        section.image(
+            plots.heatmaps(shown, f"{inventory}, scorer {scorer}"),
+            f"correlation heatmaps {inventory} {scorer}",
+        )
+    convergent = data.table("convergent_validity")
+    if convergent is not None:
+        section.table(convergent, "BFI-IPIP convergent correlation of each trait")
+    return section
+
+
+def _reasoning(data: ReportData) -> Section:
+    section = Section("reasoning", "Reasoning benchmarks by trait")
+    found = section.require(
+        data, "reasoning_results", "reasoning_by_trait", "reasoning_direction_counts"
+    )
+    if found is None:
+        return section
+    results, by_trait, counts = found
+    primary = results[results.primary.astype(bool)]
+    overview = (
+        primary.groupby(["method", "task", "metric", "filter"])
+        .agg(mean=("value", "mean"), conditions=("value", "size"))
+        .reset_index()
+    )
+    section.text("lm-evaluation-harness scores averaged over the conditions of each method.")
+    section.table(overview)
+    section.text(
+        "High minus low persona per benchmark and trait (95% CI), and the paper's direction "
+        "count: on how many benchmarks high C, high A, low E and low N score better."
+    )
+    section.table(counts)
+    shown = by_trait.assign(label=by_trait.method + " · " + by_trait.task + " · " + by_trait.trait)
+    section.image(
+        plots.differences_with_ci(shown, "label", "reasoning: high − low"),
+        "reasoning differences",
+    )
+    return section
+
+
+def _parse_failures(data: ReportData) -> Section:
+    section = Section("parse_failures", "Answer failures (never imputed)")
+    found = section.require(data, "inventory_scores")
+    if found is None:
+        return section
+    (scores,) = found
+    rates = (
+        scores.groupby(["scorer", "method", "inventory"])
+        .agg(failed=("n_failed", "sum"), answered=("n_answered", "sum"))
+        .reset_index()
+    )
+    rates["failure_rate"] = rates.failed / (rates.failed + rates.answered)
+    section.text(
+        "Answers that could not be parsed (generate-and-parse) or carried no option "
+        "(log-probability) are counted here and left out of every score."
+    )
+    section.table(rates)
+    rates["condition"] = rates.method + " · " + rates.inventory
+    section.image(
+        plots.bar_chart(
+            rates,
+            "condition",
+            "failure_rate",
+            "scorer",
+            title="failure rate",
+            ylabel="share of answers",
+        ),
+        "failure rates",
+    )
+    return section
+
+
+def stage_costs(data: ReportData) -> pd.DataFrame:
+    """Seconds (latest materialization of every partition) and tokens per asset."""
+    lineage = data.table("lineage")
+    if lineage is None:
+        return pd.DataFrame()
+    latest = lineage.sort_values("ended_at").groupby(["asset", "partition"], dropna=False).tail(1)
+    seconds = (latest.ended_at - latest.started_at).dt.total_seconds()
+    costs = (
+        latest.assign(seconds=seconds)
+        .groupby("asset")
+        .agg(partitions=("asset", "size"), seconds=("seconds", "sum"))
+        .reset_index()
+    )
+    tokens: dict[str, float] = {}
+    for asset in ("scenario_openers", "big5_chat_replies"):
+        table = data.table(asset)
+        if table is not None and "n_new_tokens" in table:
+            tokens[asset] = float(table.n_new_tokens.sum())
+    for asset, reports in data.training_reports.items():
+        tokens[asset] = float(sum(r.get("train_tokens", 0) for r in reports))
+    costs["tokens"] = costs.asset.map(tokens)
+    costs["tokens_per_second"] = costs.tokens / costs.seconds
+    answers = data.table("inventory_answers")
+    if answers is not None:
+        costs.loc[costs.asset == "inventory_responses", "model_answers"] = len(answers)
+    return costs.sort_values("seconds", ascending=False)
+
+
+def _costs(data: ReportData) -> Section:
+    section = Section("costs", "Time and tokens per stage")
+    costs = stage_costs(data)
+    if not len(costs):
+        section.require(data, "lineage")
+        return section
+    section.text(
+        f"{costs.seconds.sum() / 60:.1f} minutes over the latest materialization of every "
+        "asset and partition; tokens are generated tokens (openers, replies) and training "
+        "tokens (adapters)."
+    )
+    section.table(costs, digits=1)
+    section.image(
+        plots.bar_chart(
+            costs.head(15), "asset", "seconds", title="seconds per asset", ylabel="seconds"
+        ),
+        "seconds per asset",
+    )
+    return section
+
+
+SECTIONS: tuple[Callable[[ReportData], Section], ...] = (
+    _overview,
+    _dataset,
+    _classifier_and_experts,
+    _dialogue_quality,
+    _inventory_scores,
+    _separation,
+    _reliability,
+    _correlations,
+    _reasoning,
+    _parse_failures,
+    _costs,
+)

@@ -1,0 +1,123 @@
+"""Supervised fine-tuning on prompt/completion rows (completion-only loss), resumable, atomic."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import datasets
+import pandas as pd
+import transformers
+from transformers import (
+    PrinterCallback,
+    TrainerCallback,
+)
+from trl import SFTConfig, SFTTrainer
+
+# trl 1.16 calls a transformers method deprecated in 5.x on every training step.
+from big5_dagster.lib.training.inputs import (
+    check_frame,
+    load_causal_lm,
+    load_tokenizer,
+    normalize_prompts,
+    prepared_eval,
+    quiet_datasets,
+    resolve_device,
+)
+from big5_dagster.lib.training.runs import (
+    ProgressLines,
+    run_training,
+    settings_of_run,
+    training_arguments,
+)
+from big5_dagster.lib.training.specs import (
+    SFT_COLUMNS,
+    Device,
+    LoraSpec,
+    Progress,
+    TrainingReport,
+    TrainSpec,
+)
+
+
+def make_sft_trainer(
+    model_path: str | Path,
+    examples: pd.DataFrame,
+    *,
+    lora: LoraSpec | None,
+    spec: TrainSpec,
+    work_dir: Path,
+    device: Device = "auto",
+    callbacks: Sequence[TrainerCallback] = (),
+    eval_examples: pd.DataFrame | None = None,
+) -> SFTTrainer:
+    """An ``SFTTrainer`` on prompt/completion data with completion-only loss (not yet trained).
+
+    ``eval_examples`` (same columns) become the evaluation set scored after training."""
+    data = check_frame(examples, SFT_COLUMNS, "SFT examples")
+    eval_data = prepared_eval(eval_examples, SFT_COLUMNS, "SFT validation examples", model_path)
+    target = resolve_device(device)
+    # Seed before the model and the LoRA matrices are created (trl wraps before Trainer seeds).
+    transformers.set_seed(spec.seed)
+    tokenizer = load_tokenizer(model_path)
+    data["prompt"] = normalize_prompts(tokenizer, data["prompt"].tolist())
+    model = load_causal_lm(model_path, target)
+    config = SFTConfig(
+        **training_arguments(spec, Path(work_dir), target),
+        completion_only_loss=True,
+        packing=False,
+    )
+    with quiet_datasets():
+        trainer = SFTTrainer(
+            model=model,
+            args=config,
+            train_dataset=datasets.Dataset.from_pandas(data, preserve_index=False),
+            eval_dataset=eval_data,
+            processing_class=tokenizer,
+            peft_config=lora.peft_config() if lora is not None else None,
+            callbacks=list(callbacks),
+        )
+    # Our progress callback reports steps; the default printer would print every log dict.
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def train_sft(
+    model_path: str | Path,
+    examples: pd.DataFrame,
+    output_dir: Path,
+    lora: LoraSpec | None,
+    spec: TrainSpec,
+    work_dir: Path,
+    progress: Progress | None = None,
+    device: Device = "auto",
+    eval_examples: pd.DataFrame | None = None,
+) -> TrainingReport:
+    """Fine-tune on prompt/completion rows (loss on the completion + EOS); resumable, atomic.
+
+    ``lora=None`` fine-tunes every weight and writes a full model; otherwise a LoRA adapter.
+    ``output_dir`` receives the adapter (or model), the tokenizer and run_settings.json.
+    """
+    data = check_frame(examples, SFT_COLUMNS, "SFT examples")
+    target = resolve_device(device)
+    work_dir = Path(work_dir)
+    run_settings = settings_of_run("sft", model_path, data, lora, spec, None, target)
+    callbacks = [ProgressLines(progress, "sft")]
+    trainer = make_sft_trainer(
+        model_path,
+        data,
+        lora=lora,
+        spec=spec,
+        work_dir=work_dir,
+        device=target,
+        callbacks=callbacks,
+        eval_examples=eval_examples,
+    )
+    return run_training(
+        trainer,
+        method="sft",
+        run_settings=run_settings,
+        output_dir=Path(output_dir),
+        work_dir=work_dir,
+        target=target,
+    )
