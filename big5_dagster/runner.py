@@ -1,49 +1,153 @@
 """Materialize what is missing or stale, in dependency order (used by `big5 demo`).
 
-Dagster decides staleness from code versions and the data versions of inputs, so a
-second run with nothing changed materializes nothing.
+Staleness is read from Dagster's event log with public APIs only: an asset partition is
+outdated when it was never materialized, when its latest materialization recorded another
+code version (``dagster/code_version``), or when an input it read then (the tracker records
+the data version of every input partition in ``big5/input_versions``) now has another data
+version. A code version covers the code, data files and settings the asset uses
+(``defs.factory``), so a second run with nothing changed materializes nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from graphlib import TopologicalSorter
+from typing import Any
 
 import dagster as dg
-from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
-from dagster._core.definitions.assets.graph.asset_graph import AssetGraph
-from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
-from dagster._time import get_current_datetime
+
+from big5_dagster.defs.tracking import INPUT_VERSIONS_METADATA, latest_data_version
 
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+CODE_VERSION_TAG = "dagster/code_version"
+INPUT_DATA_VERSION_TAG = "dagster/input_data_version/"
 
 
 @dataclass(frozen=True)
 class Step:
-    """One run: assets sharing a partitions definition, for one partition key (or none)."""
+    """One run: one asset, for one partition key (or none)."""
 
     keys: tuple[dg.AssetKey, ...]
     partition: str | None
 
 
-def _resolver(instance: dg.DagsterInstance, graph: AssetGraph) -> CachingStaleStatusResolver:
-    view = AssetGraphView(
-        temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
-        instance=instance,
-        asset_graph=graph,
-    )
-    return CachingStaleStatusResolver(instance=instance, asset_graph=graph, loading_context=view)
+@dataclass(frozen=True)
+class AssetNode:
+    key: dg.AssetKey
+    assets_def: dg.AssetsDefinition
+    deps: tuple[dg.AssetKey, ...]
+    code_version: str | None
+
+    @property
+    def partitions(self) -> list[str | None]:
+        pdef = self.assets_def.partitions_def
+        return list(pdef.get_partition_keys()) if pdef else [None]
+
+
+def asset_nodes(defs: dg.Definitions) -> dict[dg.AssetKey, AssetNode]:
+    """Every materializable asset of ``defs`` with its dependencies and code version."""
+    nodes = {}
+    for assets_def in defs.assets or []:
+        if not isinstance(assets_def, dg.AssetsDefinition) or not assets_def.is_materializable:
+            continue
+        for spec in assets_def.specs:
+            nodes[spec.key] = AssetNode(
+                key=spec.key,
+                assets_def=assets_def,
+                deps=tuple(dep.asset_key for dep in spec.deps),
+                code_version=assets_def.code_versions_by_key.get(spec.key),
+            )
+    return nodes
+
+
+def dependency_levels(nodes: dict[dg.AssetKey, AssetNode]) -> list[list[dg.AssetKey]]:
+    """Assets by dependency level (roots first), each level sorted by key."""
+    sorter = TopologicalSorter({k: [d for d in n.deps if d in nodes] for k, n in nodes.items()})
+    sorter.prepare()
+    levels = []
+    while sorter.is_active():
+        ready = sorted(sorter.get_ready(), key=lambda k: k.to_user_string())
+        levels.append(ready)
+        sorter.done(*ready)
+    return levels
+
+
+def _latest_materialization(
+    instance: dg.DagsterInstance, key: dg.AssetKey, partition: str | None
+) -> dg.AssetMaterialization | None:
+    if partition is None:
+        event = instance.get_latest_materialization_event(key)
+        return event.asset_materialization if event else None
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
+    ).records
+    return records[0].asset_materialization if records else None
+
+
+def _inputs_read(latest: dg.AssetMaterialization) -> dict[str, dict[str, Any]]:
+    read = latest.metadata.get(INPUT_VERSIONS_METADATA)
+    return getattr(read, "value", None) or {}
+
+
+def staleness(instance: dg.DagsterInstance, node: AssetNode, partition: str | None) -> str | None:
+    """Why this asset partition must be materialized (missing, new code version, a changed
+    input), or None when it is fresh."""
+    latest = _latest_materialization(instance, node.key, partition)
+    if latest is None:
+        return "missing"
+    if node.code_version is not None and latest.tags.get(CODE_VERSION_TAG) != node.code_version:
+        return "new code version"
+    read_versions = _inputs_read(latest)
+    for dep in node.deps:
+        name = dep.to_user_string()
+        if name in read_versions:
+            for dep_partition, version in read_versions[name].items():
+                current = latest_data_version(instance, dep, dep_partition or None)
+                if current != version:
+                    return f"{name}{f'[{dep_partition}]' if dep_partition else ''} changed"
+        else:
+            # Not tracked by partition (an asset outside the tracker): Dagster's own tag, for an
+            # unpartitioned input.
+            recorded = latest.tags.get(INPUT_DATA_VERSION_TAG + name)
+            if recorded != latest_data_version(instance, dep, None):
+                return f"{name} changed"
+    return None
+
+
+def stale_partitions(
+    defs: dg.Definitions, instance: dg.DagsterInstance
+) -> dict[dg.AssetKey, dict[str | None, str]]:
+    """Every asset partition that is missing or stale, or read an input partition that is:
+    what `big5 demo` recomputes when each recomputed input gets a new data version.
+    Asset -> partition -> why."""
+    nodes = asset_nodes(defs)
+    stale: dict[dg.AssetKey, dict[str | None, str]] = {}
+    for level in dependency_levels(nodes):
+        for key in level:
+            node = nodes[key]
+            for partition in node.partitions:
+                reason = staleness(instance, node, partition)
+                if reason is None:
+                    latest = _latest_materialization(instance, key, partition)
+                    read = _inputs_read(latest) if latest is not None else {}
+                    for dep in node.deps:
+                        upstream = stale.get(dep, {})
+                        parts = read.get(dep.to_user_string(), {"": None})
+                        if any((p or None) in upstream for p in parts):
+                            reason = f"{dep.to_user_string()} is stale"
+                            break
+                if reason is not None:
+                    stale.setdefault(key, {})[partition] = reason
+    return stale
 
 
 def outdated(
     defs: dg.Definitions, instance: dg.DagsterInstance, key: dg.AssetKey
 ) -> list[str | None]:
     """Partitions of ``key`` (None if unpartitioned) that are missing or stale."""
-    graph = defs.resolve_asset_graph()
-    resolver = _resolver(instance, graph)
-    pdef = graph.get(key).partitions_def
-    keys: Sequence[str | None] = pdef.get_partition_keys() if pdef else [None]
-    return [p for p in keys if resolver.get_status(key, p) != StaleStatus.FRESH]
+    node = asset_nodes(defs)[key]
+    return [p for p in node.partitions if staleness(instance, node, p) is not None]
 
 
 def materialize_outdated(
@@ -60,18 +164,18 @@ def materialize_outdated(
     the part for the asset it materializes.
     """
     ops_config = (run_config or {}).get("ops", {})
-    graph = defs.resolve_asset_graph()
-    wanted = set(selection) if selection else set(graph.materializable_asset_keys)
+    nodes = asset_nodes(defs)
+    wanted = set(selection) if selection else set(nodes)
     assets = list(defs.assets or []) + list(defs.asset_checks or [])
     done: list[Step] = []
-    for level in graph.toposorted_asset_keys_by_level:
-        for key in sorted(k for k in level if k in wanted):
-            pdef = graph.get(key).partitions_def
-            partitions = (
-                (pdef.get_partition_keys() if pdef else [None])
-                if force
-                else outdated(defs, instance, key)
-            )
+    for level in dependency_levels(nodes):
+        for key in (k for k in level if k in wanted):
+            node = nodes[key]
+            # Upstream assets of this run have been materialized by now: their new data
+            # versions decide whether this one is stale.
+            partitions = [
+                p for p in node.partitions if force or staleness(instance, node, p) is not None
+            ]
             if not partitions:
                 log(f"  fresh      {key.to_user_string()}")
                 continue
