@@ -46,16 +46,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
-    from big5_dagster.config import active_settings
     from big5_dagster.lib.common.lineage import format_tree, lineage_tree
-    from big5_dagster.resources.warehouse import Warehouse
 
-    root = paths.data_dir(active_settings().data_dir)
-    db = paths.warehouse_path(root)
+    warehouse = _resources()["warehouse"]
+    db = Path(warehouse.path)
     if not db.exists():
         print(f"no warehouse at {db}: materialize something first (make demo)", file=sys.stderr)
         return 1
-    with Warehouse(path=str(db)).connect() as con:
+    with warehouse.connect() as con:
         tree = lineage_tree(con, args.asset, args.partition)
     if not tree.found:
         print(
@@ -69,13 +67,18 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     return 0
 
 
-def _backend():
-    """The model backend of the active profile, as the pipeline configures it."""
+def _resources() -> dict:
+    """The resources of the active profile, as the pipeline builds them."""
     from big5_dagster.config import active_settings
     from big5_dagster.resources import build_resources
 
     settings = active_settings()
-    return build_resources(settings, paths.data_dir(settings.data_dir))["model"]
+    return build_resources(settings, paths.data_dir(settings.data_dir))
+
+
+def _backend():
+    """The model backend of the active profile, as the pipeline configures it."""
+    return _resources()["model"]
 
 
 def _print_figures(figures: dict, as_json: bool) -> None:
@@ -178,7 +181,6 @@ def cmd_import_psychobench(args: argparse.Namespace) -> int:
     """Score a PsychoBench result file, store its rows in the warehouse, print the summary."""
     import pandas as pd
 
-    from big5_dagster.config import active_settings
     from big5_dagster.lib.common.hashing import hash_file
     from big5_dagster.lib.common.jsonable import jsonable
     from big5_dagster.lib.personality.psychobench import load_psychobench_questionnaire
@@ -186,7 +188,6 @@ def cmd_import_psychobench(args: argparse.Namespace) -> int:
         read_psychobench_results,
         score_psychobench,
     )
-    from big5_dagster.resources.warehouse import Warehouse
 
     questionnaire = load_psychobench_questionnaire(args.questionnaire, args.name)
     results = read_psychobench_results(args.results)
@@ -201,8 +202,7 @@ def cmd_import_psychobench(args: argparse.Namespace) -> int:
     categories = pd.DataFrame([{"category": c, **stats} for c, stats in summary.items()]).assign(
         source_file=source, questionnaire=args.name
     )
-    root = paths.data_dir(active_settings().data_dir)
-    warehouse = Warehouse(path=str(paths.warehouse_path(root)))
+    warehouse = _resources()["warehouse"]
     # Re-importing a file replaces its rows: the import is idempotent.
     warehouse.replace_rows("psychobench_answers", rows, where={"source_file": source})
     warehouse.replace_rows("psychobench_scores", categories, where={"source_file": source})

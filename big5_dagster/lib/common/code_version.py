@@ -256,10 +256,14 @@ class _Walk:
         if isinstance(obj, types.MethodType):
             self.follow(obj.__func__)
             return
-        # A value (a constant, a tuple of personas): follow where the module imported it from.
+        # A value (a constant, a tuple of personas): follow where the module imported it from,
+        # or hash its definition when the module defines it (a defs constant such as a cap).
         for target, names in _imports(tree, module):
             if names is not None and head in names:
                 self.follow_module(target, [head])
+                return
+        if depth == 1 and head in _top_level(module) and not self.excluded(module):
+            self.follow_name(module, head)
 
     def data_reads(self, node: ast.AST, module: str, aliases: tuple[set[str], set[str]]) -> None:
         functions, modules = aliases
