@@ -58,7 +58,9 @@ def build_definitions(
     """All assets with resources for ``root``; ``resources`` swaps some (tests use a tiny model)."""
     stages = [stage.build(settings) for stage in STAGES]
     python_assets = [a for stage in stages for a in stage.assets]
-    sql_assets = build_sql_model_assets(paths.sql_models_dir(), python_assets)
+    sql_models = build_sql_model_assets(
+        paths.sql_models_dir(), paths.warehouse_path(root), python_assets
+    )
 
     def stamped(spec: dg.AssetSpec) -> dg.AssetSpec:
         # Every asset records the profile it was built with, and runs under the pipeline's
@@ -68,7 +70,7 @@ def build_definitions(
 
     jobs, schedules, sensors = automation.build(settings)
     return dg.Definitions(
-        assets=dg.map_asset_specs(stamped, [*python_assets, *sql_assets]),
+        assets=dg.map_asset_specs(stamped, [*python_assets, sql_models]),
         asset_checks=[c for stage in stages for c in stage.asset_checks],
         resources={**build_resources(settings, root), **(resources or {})},
         executor=executor_for(settings.executor),

@@ -121,6 +121,7 @@ def test_materialize_all_then_lineage_back_to_corpora(defs, instance, data_root,
         == lineage_rows(data_root, "psychgenerator_posts").data_version[0]
     )
 
+    capsys.readouterr()  # dbt's log lines from the runs above
     assert cli.main(["lineage", "posts_trait_level_counts"]) == 0
     tree = capsys.readouterr().out
     lines = tree.splitlines()

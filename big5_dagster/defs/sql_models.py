@@ -1,29 +1,77 @@
-"""dbt-style SQL models over the warehouse, one Dagster asset per `*.sql` file.
+"""The dbt project in dbt_like_sql/ as Dagster assets, one per model, through dagster-dbt.
 
-This is a factory because these assets are generated from files: dependencies come from
-each model's ``{{ ref('x') }}``, the code version is the hash of its SQL, and a ref to a
-Python asset resolves to the warehouse table that asset writes (``warehouse_table`` in
-its metadata).
+Models read the tables Python assets write as dbt sources; ``sources.yml`` maps each
+source to the asset that writes it, so the models hang under it in the graph. The code
+version of a model is a hash of its SQL (dagster-dbt's default); its data version is a
+hash of the table's content, and each materialization gets a lineage row with the data
+versions of its inputs, like every other asset. dbt tests are the models' asset checks.
+
+dbt writes the warehouse from a subprocess, which the warehouse's lock file does not
+cover by itself: each dbt call holds ``Warehouse.lock()``.
 """
 
-from collections.abc import Sequence
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
+from dagster_dbt import DagsterDbtTranslator, DbtCliInvocation, DbtProject, dbt_assets
+from filelock import FileLock
 
 from big5_dagster.defs.tracking import Tracker
 from big5_dagster.lib.common.hashing import hash_dataframe
-from big5_dagster.lib.sqlmodels import (
-    SqlModel,
-    build_model,
-    discover_models,
-    main_schema_relation,
-    resolve_graph,
-)
+from big5_dagster.resources.dbt import WAREHOUSE_PATH_ENV, WarehouseDbtCli, dbt_resource
 from big5_dagster.resources.warehouse import Warehouse
 
 WAREHOUSE_TABLES = "warehouse_tables"
+GROUP = "sql_models"
 PREVIEW_ROWS = 10
+# What dbt reads: a change to any of these makes the saved manifest stale.
+_PROJECT_FILES = ("dbt_project.yml", "profiles.yml", "models/**/*.sql", "models/**/*.yml")
+
+
+class SqlModelsError(ValueError):
+    """The dbt project does not fit the asset graph (e.g. a source no asset writes)."""
+
+
+def _manifest_is_stale(project: DbtProject) -> bool:
+    if not project.manifest_path.exists():
+        return True
+    built = project.manifest_path.stat().st_mtime
+    return any(
+        path.stat().st_mtime > built
+        for pattern in _PROJECT_FILES
+        for path in project.project_dir.glob(pattern)
+    )
+
+
+def prepare_project(project_dir: Path, warehouse_path: Path) -> DbtProject:
+    """The dbt project, with a manifest that matches its files (``dbt parse`` if not).
+
+    `make setup` builds the manifest; parsing here again only when a model or YAML file
+    changed since keeps an edited checkout, or a test's copy, loadable offline.
+    """
+    project = DbtProject(project_dir=project_dir)
+    if not _manifest_is_stale(project):
+        return project
+    # Processes loading the definitions at once parse one at a time.
+    with FileLock(str(project.manifest_path) + ".lock", timeout=600):
+        if _manifest_is_stale(project):
+            # Parsing does not connect, but profiles.yml needs the variable set.
+            os.environ.setdefault(WAREHOUSE_PATH_ENV, str(warehouse_path))
+            dbt = dbt_resource(project.project_dir, warehouse_path)
+            dbt.cli(["parse", "--quiet"], target_path=project.target_path).wait()
+    return project
+
+
+class SqlModelTranslator(DagsterDbtTranslator):
+    """dagster-dbt's names (asset key = model name), with the models in one group."""
+
+    def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
+        return GROUP
 
 
 def warehouse_sources(assets: Sequence[dg.AssetsDefinition]) -> dict[str, dg.AssetKey]:
@@ -39,48 +87,132 @@ def warehouse_sources(assets: Sequence[dg.AssetsDefinition]) -> dict[str, dg.Ass
     return sources
 
 
-def _sql_model_asset(model: SqlModel, deps: list[dg.AssetKey]) -> dg.AssetsDefinition:
-    @dg.asset(
-        name=model.name,
-        deps=deps,
-        code_version=model.code_version,
-        group_name="sql_models",
-        kinds={"duckdb", "sql"},
-        description=model.description or f"SQL model {model.path.name}",
-        metadata={
-            "sql_file": dg.MetadataValue.path(str(model.path)),
-            "materialized": model.materialized,
-            WAREHOUSE_TABLES: [model.name],
-        },
-        pool="warehouse",
-    )
-    def _asset(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
-        tracker = Tracker(context, warehouse)
-        with warehouse.connect() as con:
-            build_model(con, model, main_schema_relation)
-            table = con.execute(f"SELECT * FROM {main_schema_relation(model.name)}").df()
-        return tracker.result(
-            data_version=hash_dataframe(table),
-            rows=len(table),
-            artifacts=[warehouse.path],
-            metadata={
-                "preview": dg.MetadataValue.md(table.head(PREVIEW_ROWS).to_markdown(index=False)),
-                "sql": dg.MetadataValue.md(f"```sql\n{model.sql.strip()}\n```"),
-            },
-        )
+def check_sources(
+    project: DbtProject,
+    translator: DagsterDbtTranslator,
+    python_assets: Sequence[dg.AssetsDefinition],
+) -> None:
+    """Each dbt source must map to the Python asset that writes its table.
 
-    return _asset
+    Dagster accepts a dependency on any key, so a misspelt ``asset_key`` in sources.yml
+    would silently cut the models off from the asset that feeds them.
+    """
+    manifest = _manifest(project)
+    writers = warehouse_sources(python_assets)
+    for unique_id, source in sorted(manifest["sources"].items()):
+        where = f"{project.project_dir / source['original_file_path']}"
+        table = source["identifier"]
+        key = translator.get_asset_spec(manifest, unique_id, project).key
+        writer = writers.get(table)
+        if writer is None:
+            raise SqlModelsError(
+                f"{where}: source {source['source_name']}.{source['name']}: no Python asset "
+                f"writes the table {table!r} (tables written: {sorted(writers)})"
+            )
+        if key != writer:
+            raise SqlModelsError(
+                f"{where}: source {source['source_name']}.{source['name']} maps to the asset "
+                f"{key.to_user_string()!r}, but {table!r} is written by "
+                f"{writer.to_user_string()!r}: set meta.dagster.asset_key to "
+                f"{list(writer.path)}"
+            )
+
+
+def _manifest(project: DbtProject) -> dict[str, Any]:
+    return json.loads(project.manifest_path.read_text(encoding="utf-8"))
+
+
+def _relations(project: DbtProject, translator: DagsterDbtTranslator) -> dict[dg.AssetKey, str]:
+    """Asset key -> the relation its model builds (e.g. ``"warehouse"."main"."name"``)."""
+    manifest = _manifest(project)
+    return {
+        translator.get_asset_spec(manifest, unique_id, project).key: node["relation_name"]
+        for unique_id, node in manifest["nodes"].items()
+        if node["resource_type"] == "model"
+    }
+
+
+def _drain(events: Iterator[Any]) -> tuple[list[Any], BaseException | None]:
+    """Every event dbt produced, and the error it ended with (a failed model or test)."""
+    collected: list[Any] = []
+    try:
+        for event in events:
+            collected.append(event)
+    except Exception as error:  # dbt's failure: report what it built first, then raise
+        return collected, error
+    return collected, None
+
+
+def _close_adapter(invocation: DbtCliInvocation) -> None:
+    """Close the in-process DuckDB connection dagster-dbt opened for row counts and column
+    metadata: while it is open (read-only) no other connection to the file can be made."""
+    adapter = invocation.adapter
+    if adapter is not None:
+        adapter.cleanup_connections()
+        # dbt-duckdb keeps the database open in a class-level environment beyond its
+        # connections; dropping it (what dbt-duckdb does at exit) closes the file.
+        type(adapter.connections).close_all_connections()
+
+
+def _tracked(
+    context: dg.AssetExecutionContext,
+    event: dg.Output,
+    warehouse: Warehouse,
+    relation: str,
+    started_at: datetime,
+) -> dg.MaterializeResult:
+    """The model's materialization with dbt's metadata and a content-hash data version,
+    after writing its lineage row. Called once the models it depends on in this step have
+    been yielded, so the tracker reads their new data versions."""
+    key = context.asset_key_for_output(event.output_name)
+    tracker = Tracker(context, warehouse, asset_key=key)
+    tracker.started_at = started_at  # the dbt call that built it
+    # ORDER BY ALL: a view's row order is not fixed, its content is.
+    table = warehouse.query(f"SELECT * FROM {relation} ORDER BY ALL")
+    preview = dg.MetadataValue.md(table.head(PREVIEW_ROWS).to_markdown(index=False))
+    return tracker.result(
+        data_version=hash_dataframe(table),
+        rows=len(table),
+        artifacts=[warehouse.path],
+        metadata={**event.metadata, "preview": preview},
+    )
 
 
 def build_sql_model_assets(
-    directory: Path, python_assets: Sequence[dg.AssetsDefinition]
-) -> list[dg.AssetsDefinition]:
-    """One asset per SQL model, in build order; unknown refs and cycles fail naming the file."""
-    sources = warehouse_sources(python_assets)
-    models = resolve_graph(discover_models(directory), sources=sources)
-    model_names = {m.name for m in models}
-    assets = []
-    for model in models:
-        deps = [dg.AssetKey(r) if r in model_names else sources[r] for r in model.refs]
-        assets.append(_sql_model_asset(model, deps))
-    return assets
+    project_dir: Path, warehouse_path: Path, python_assets: Sequence[dg.AssetsDefinition]
+) -> dg.AssetsDefinition:
+    """The dbt models as one multi-asset (each model selectable on its own) in the
+    warehouse pool; a source that does not map to the asset writing it fails here."""
+    project = prepare_project(project_dir, warehouse_path)
+    translator = SqlModelTranslator()
+    check_sources(project, translator, python_assets)
+    relations = _relations(project, translator)
+
+    @dbt_assets(
+        manifest=project.manifest_path,
+        project=project,
+        dagster_dbt_translator=translator,
+        pool="warehouse",
+    )
+    def sql_models(
+        context: dg.AssetExecutionContext, dbt: WarehouseDbtCli, warehouse: Warehouse
+    ) -> Iterator[Any]:
+        with warehouse.lock():
+            started_at = datetime.now(UTC).replace(tzinfo=None)
+            invocation = dbt.cli(["build"], context=context)
+            # Let dbt finish first (this reads and keeps its output): the thread pool that
+            # adds row counts and columns polls in a busy loop while dbt runs, taking a
+            # core from it. For DuckDB no event comes out before dbt ends in any case.
+            invocation.is_successful()
+            events, error = _drain(invocation.stream().fetch_row_counts().fetch_column_metadata())
+            _close_adapter(invocation)
+            for event in events:
+                if isinstance(event, dg.Output):
+                    key = context.asset_key_for_output(event.output_name)
+                    yield _tracked(context, event, warehouse, relations[key], started_at)
+                else:
+                    yield event
+        if error is not None:
+            raise error
+
+    return sql_models

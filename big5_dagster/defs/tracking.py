@@ -60,13 +60,21 @@ def latest_data_version(
     return materialization.tags.get(DATA_VERSION_TAG)
 
 
-def step_input_versions(context: dg.AssetExecutionContext) -> tuple[InputVersion, ...]:
-    """The data versions of the upstream partitions this step reads, as Dagster has them now."""
+def step_input_versions(
+    context: dg.AssetExecutionContext, asset_key: dg.AssetKey | None = None
+) -> tuple[InputVersion, ...]:
+    """The data versions of the upstream partitions this step reads for ``asset_key`` (by
+    default the step's one asset), as Dagster has them now."""
     found: list[InputVersion] = []
-    deps = context.assets_def.asset_deps[context.asset_key]
+    deps = context.assets_def.asset_deps[asset_key or context.asset_key]
     for key in sorted(deps, key=lambda k: k.to_string()):
         name = key.to_python_identifier()
-        partitions = _input_partitions(context, name)
+        if name not in context.op_def.ins:
+            # Another asset of the same multi-asset (dbt models): the same partition, as
+            # Dagster has it by now (this step may have just rebuilt it).
+            partitions: list[str | None] = [partition_key_of(context)]
+        else:
+            partitions = _input_partitions(context, name)
         for partition in sorted(partitions, key=lambda p: p or ""):
             version = latest_data_version(context.instance, key, partition)
             found.append(InputVersion(key.to_user_string(), partition, version))
@@ -88,13 +96,16 @@ class Tracker:
         context: dg.AssetExecutionContext,
         warehouse: Warehouse,
         store: ArtifactStore | None = None,
+        asset_key: dg.AssetKey | None = None,
     ) -> None:
+        """``asset_key`` names one asset of a multi-asset step (default: the step's asset)."""
         self.context = context
+        self.asset_key = asset_key or context.asset_key
         self.warehouse = warehouse
         self.store = store
         self.partition = partition_key_of(context)
         self.started_at = datetime.now(UTC).replace(tzinfo=None)
-        self.inputs = step_input_versions(context)
+        self.inputs = step_input_versions(context, self.asset_key)
         self.data_version: str | None = None
         self._recording = contextlib.ExitStack()
         self.settings_read = self._recording.enter_context(recording_reads())
@@ -116,7 +127,7 @@ class Tracker:
         ``versioned`` its content hash (of ``version_of`` if given) is the data version."""
         if self.store is None:
             raise ValueError("Tracker.save_table needs the artifact store")
-        asset = self.context.asset_key.to_user_string()
+        asset = self.asset_key.to_user_string()
         path = write_parquet(frame, self.store.file(asset, filename, self.partition))
         if table is not None and partition_column is not None:
             self.warehouse.replace_rows(table, frame, where={partition_column: self.partition})
@@ -129,7 +140,7 @@ class Tracker:
     # -- the result
 
     def _asset_metadata(self) -> Mapping[str, Any]:
-        metadata = self.context.assets_def.metadata_by_key.get(self.context.asset_key, {})
+        metadata = self.context.assets_def.metadata_by_key.get(self.asset_key, {})
         return {k: getattr(v, "value", v) for k, v in metadata.items()}
 
     def _config(self) -> dict[str, Any]:
@@ -154,7 +165,7 @@ class Tracker:
         missing = sorted(self.settings_read - covered)
         if missing:
             raise SettingsNotCoveredError(
-                f"{self.context.asset_key.to_user_string()} read settings {missing} that its code "
+                f"{self.asset_key.to_user_string()} read settings {missing} that its code "
                 "version does not cover: reading them through `config` or `settings` in the "
                 "asset (or a defs helper it calls) puts them in the code version"
             )
@@ -182,10 +193,10 @@ class Tracker:
         ended_at = datetime.now(UTC).replace(tzinfo=None)
         asset_metadata = self._asset_metadata()
         record = MaterializationRecord(
-            asset=self.context.asset_key.to_user_string(),
+            asset=self.asset_key.to_user_string(),
             partition=self.partition,
             run_id=self.context.run.run_id,
-            code_version=self.context.assets_def.code_versions_by_key.get(self.context.asset_key),
+            code_version=self.context.assets_def.code_versions_by_key.get(self.asset_key),
             data_version=version,
             started_at=self.started_at,
             ended_at=ended_at,
@@ -217,6 +228,7 @@ class Tracker:
             meta["models"] = dict(model_ids)
         meta.update(metadata or {})
         return dg.MaterializeResult(
+            asset_key=self.asset_key,
             data_version=dg.DataVersion(version),
             metadata=meta,
             check_results=check_results,

@@ -1,4 +1,4 @@
-"""Dagster resources: the warehouse (DuckDB), the artifact store, the model backend.
+"""Dagster resources: the warehouse (DuckDB), the artifact store, the model backend, dbt.
 
 :func:`build_resources` is the one place they are made from settings: the definitions, the
 CLI and the benchmarks all call it.
@@ -11,6 +11,7 @@ from pathlib import Path
 from big5_dagster import paths
 from big5_dagster.config import Settings
 from big5_dagster.resources.artifacts import ArtifactStore
+from big5_dagster.resources.dbt import dbt_resource
 from big5_dagster.resources.model_backend import ModelBackend
 from big5_dagster.resources.warehouse import Warehouse
 
@@ -20,6 +21,7 @@ def build_resources(settings: Settings, root: Path) -> dict[str, object]:
     return {
         "store": ArtifactStore(root=str(root)),
         "warehouse": Warehouse(path=str(paths.warehouse_path(root))),
+        "dbt": dbt_resource(paths.sql_models_dir(), paths.warehouse_path(root)),
         "model": ModelBackend(
             **settings.model.model_dump(), models_dir=str(paths.models_dir(root))
         ),

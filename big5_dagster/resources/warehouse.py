@@ -2,7 +2,8 @@
 
 DuckDB allows one writer per file and a second process opening it fails on the lock, so
 every connection is taken under an inter-process file lock and kept short: partitions
-running in parallel processes wait their turn instead of failing.
+running in parallel processes wait their turn instead of failing. A writer in a
+subprocess (dbt) holds the same lock through ``lock()``.
 """
 
 from __future__ import annotations
@@ -31,12 +32,20 @@ class Warehouse(dg.ConfigurableResource):
     lock_timeout_s: float = 900.0
 
     @contextlib.contextmanager
-    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A short-lived connection, held under the warehouse's inter-process lock."""
+    def lock(self) -> Iterator[None]:
+        """Hold the warehouse's inter-process lock; re-entrant in the holding thread, so
+        ``connect()`` works inside it."""
         db = Path(self.path)
         db.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(db) + ".lock", timeout=self.lock_timeout_s):
-            con = duckdb.connect(str(db))
+        # One lock object per file in this process: a second object would wait on the first.
+        with FileLock(str(db) + ".lock", is_singleton=True).acquire(timeout=self.lock_timeout_s):
+            yield
+
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A short-lived connection, held under the warehouse's inter-process lock."""
+        with self.lock():
+            con = duckdb.connect(self.path)
             try:
                 lineage.ensure_schema(con)
                 yield con

@@ -1,12 +1,5 @@
--- PsychGenerator posts in long format: one row per post x Big Five trait.
--- z_score is the post author's z-scored trait estimate; level is 'high'/'low' (NULL for
--- the dropped middle third) and split is 'train'/'test' (NULL when the level is NULL).
--- trait_ordinal keeps the paper's O, C, E, A, N order (1..5). n_words counts
--- whitespace-separated tokens, n_chars counts characters.
-{{ config(materialized='view') }}
-
 with posts as (
-    select * from {{ ref('psychgenerator_posts') }}
+    select * from {{ source('warehouse', 'psychgenerator_posts') }}
 ),
 
 long_format as (

@@ -1,9 +1,3 @@
--- Post length per trait x level ('high'/'low'; the dropped middle third is left out),
--- over both splits: number of posts and mean/median/min/max words and characters.
--- A large length gap between the high and low group of a trait is a confound to watch:
--- an expert could learn length instead of personality.
-{{ config(materialized='table') }}
-
 select
     trait_ordinal,
     trait,

@@ -1,7 +1,3 @@
--- One row summarising the SODA scenarios: how many there are, how many distinct ids and
--- speaker names (PersonX, PersonY and both together), and the narrative length in words.
-{{ config(materialized='table') }}
-
 with scenarios as (
     select * from {{ ref('stg_soda_scenarios') }}
 ),
