@@ -17,9 +17,9 @@ from itertools import combinations
 import pandas as pd
 
 from big5_dagster.lib.personality import correlations, reliability, scores, units
-from big5_dagster.lib.personality.conditions import is_deterministic
 from big5_dagster.lib.personality.human_reference import HUMAN_TRAIT_CORRELATIONS_SOURCE
 from big5_dagster.lib.personality.inventory import Inventory
+from big5_dagster.lib.personality.methods import is_deterministic
 
 RESPONDENT: tuple[str, ...] = ("method", "persona", "adapter_seed", "run", "option_order")
 """One respondent: a complete administration under one condition, run and option order."""

@@ -86,8 +86,9 @@ from big5_dagster.lib.personality.answer_reading import (
     parse_answer,
     parse_answers,
 )
-from big5_dagster.lib.personality.conditions import SCORERS, Condition, is_deterministic
+from big5_dagster.lib.personality.conditions import Condition
 from big5_dagster.lib.personality.inventory import Inventory
+from big5_dagster.lib.personality.methods import SCORERS, is_deterministic
 
 ProgressCallback = Callable[[int, int], None]
 

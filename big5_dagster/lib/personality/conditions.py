@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from big5_dagster.lib.personality.administration import (
     item_messages,
@@ -18,18 +17,6 @@ from big5_dagster.lib.personality.inventory import Inventory
 from big5_dagster.lib.personality.methods import ADAPTER_METHODS, METHODS, NO_PERSONA
 from big5_dagster.lib.prompts import persona_description, persona_instruction
 from big5_dagster.lib.traits import PERSONAS, Persona
-
-SCORERS: tuple[str, ...] = ("logprob", "generate")
-
-
-def is_deterministic(scorer: str, scorer_settings: Mapping[str, Any]) -> bool:
-    """Whether ``scorer`` with these settings gives the same answer to a prompt every time:
-    option log-probabilities always; generate-and-parse when it does not sample. Its runs
-    would then be copies, not replicates (METHOD.md section 7, "Statistical units")."""
-    if scorer not in SCORERS:
-        raise ValueError(f"unknown scorer {scorer!r}: expected one of {list(SCORERS)}")
-    return scorer == "logprob" or not scorer_settings.get("do_sample", True)
-
 
 N_DEMONSTRATIONS = 10
 
