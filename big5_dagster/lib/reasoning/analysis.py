@@ -37,6 +37,30 @@ def _seed_key(seed: object) -> str:
     return "none" if pd.isna(seed) else str(int(float(seed)))
 
 
+def _with_persona_parts(table: pd.DataFrame, what: str) -> pd.DataFrame:
+    """The rows with a persona (None, '' and 'none' are the base model), with its trait and
+    level, a seed key (adapter_seed, 'none' without one) and the filter filled."""
+    frame = table.copy()
+    if "adapter_seed" not in frame.columns:
+        frame["adapter_seed"] = None
+    no_persona = frame["persona"].isna() | frame["persona"].astype(str).str.lower().isin(
+        ["", "none"]
+    )
+    frame = frame[~no_persona]
+    traits, levels = [], []
+    for index, key in frame["persona"].items():
+        try:
+            persona = Persona.parse(str(key))
+        except ValueError as e:
+            raise ReasoningError(f"{what} row {index}: field 'persona': {e}") from e
+        traits.append(persona.trait)
+        levels.append(persona.level)
+    frame["trait"], frame["level"] = traits, levels
+    frame["seed_key"] = frame["adapter_seed"].map(_seed_key)
+    frame["filter"] = frame["filter"].fillna(NO_FILTER).astype(str)
+    return frame
+
+
 SAMPLE_KEYS: tuple[str, ...] = ("task", "doc_id")
 """One item of a benchmark in the per-sample logs: the lm-eval (leaf) task and its doc id."""
 
@@ -50,19 +74,8 @@ def _paired_item_differences(samples: pd.DataFrame, metrics: Sequence[str]) -> p
     missing = [c for c in required if c not in samples.columns]
     if missing:
         raise ReasoningError(f"samples table is missing column(s) {missing}")
-    frame = samples.copy()
-    if "adapter_seed" not in frame.columns:
-        frame["adapter_seed"] = None
-    no_persona = frame["persona"].isna() | frame["persona"].astype(str).str.lower().isin(
-        ["", "none"]
-    )
-    frame = frame[~no_persona]
+    frame = _with_persona_parts(samples, "samples table")
     metrics = [m for m in metrics if m in frame.columns]
-    parsed = {key: Persona.parse(str(key)) for key in frame["persona"].unique()}
-    frame["trait"] = frame["persona"].map(lambda k: parsed[k].trait)
-    frame["level"] = frame["persona"].map(lambda k: parsed[k].level)
-    frame["seed_key"] = frame["adapter_seed"].map(_seed_key)
-    frame["filter"] = frame["filter"].fillna(NO_FILTER).astype(str)
     keys = ["method", "benchmark", "filter", "trait", "seed_key", *SAMPLE_KEYS]
     long = frame.melt(
         id_vars=[*keys, "level"], value_vars=metrics, var_name="metric", value_name="v"
@@ -107,26 +120,10 @@ def reasoning_by_trait(
     missing = [c for c in _BY_TRAIT_REQUIRED if c not in df.columns]
     if missing:
         raise ReasoningError(f"results table is missing column(s) {missing}")
-    df = df.copy()
-    if "filter" not in df.columns:
-        df["filter"] = NO_FILTER
-    if "adapter_seed" not in df.columns:
-        df["adapter_seed"] = None
+    df = df.assign(filter=df["filter"] if "filter" in df.columns else NO_FILTER)
     if "higher_is_better" not in df.columns:
         df["higher_is_better"] = True
-    no_persona = df["persona"].isna() | df["persona"].astype(str).str.lower().isin(["", "none"])
-    df = df[~no_persona]
-    traits, levels = [], []
-    for index, key in df["persona"].items():
-        try:
-            persona = Persona.parse(str(key))
-        except ValueError as e:
-            raise ReasoningError(f"results table row {index}: field 'persona': {e}") from e
-        traits.append(persona.trait)
-        levels.append(persona.level)
-    df["trait"], df["level"] = traits, levels
-    df["seed_key"] = df["adapter_seed"].map(_seed_key)
-    df["filter"] = df["filter"].fillna(NO_FILTER).astype(str)
+    df = _with_persona_parts(df, "results table")
     keys = ["method", "task", "metric", "filter", "trait", "seed_key", "level"]
     duplicated = df.duplicated(keys, keep=False)
     if duplicated.any():
