@@ -237,7 +237,8 @@ class EvaluationSettings(Section):
     scorers: list[str] = ["logprob", "generate"]
     """Any of logprob (option log-probabilities) and generate (generate-and-parse)."""
     n_runs: int = 1
-    """Runs per item and option order (paper: 5); each run shuffles the item order."""
+    """Sampled runs per item and option order (paper: 5). A deterministic scorer (logprob)
+    answers each prompt once whatever this is: its runs would be copies."""
     temperature: float = 0.6
     max_new_tokens: int = 8
     """generate-and-parse: the paper allowed 128; the answer is the first integer."""
@@ -246,7 +247,15 @@ class EvaluationSettings(Section):
     batch_size: int = 16
     seed: int = 42
     bootstrap_samples: int = 500
-    """Bootstrap resamples of the trait-correlation distance's confidence interval."""
+    """Bootstrap resamples of the trait-correlation distance's and MTMM confidence intervals."""
+    min_option_mass: float = 0.1
+    """logprob: an answer with less next-token probability on the options is 'low_mass'
+    (no value; counted and reported like a parse failure). The default is
+    lib.personality.answer_reading.DEFAULT_MIN_OPTION_MASS (where it is explained)."""
+    min_answered_share: float = 0.8
+    """A trait score needs at least this share of the trait's items answered; below it the
+    score is missing and counted (no prorating over the answered items). The default is
+    lib.personality.scores.DEFAULT_MIN_ANSWERED_SHARE."""
 
     # Dagster config cannot type a list of literals, so the allowed values are checked here.
     @field_validator("scorers")
@@ -258,6 +267,20 @@ class EvaluationSettings(Section):
     @classmethod
     def _known_orders(cls, value: list[str]) -> list[str]:
         return _subset_of(value, ("normal", "reversed"))
+
+    @field_validator("min_option_mass")
+    @classmethod
+    def _mass_share(cls, value: float) -> float:
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"must be in [0, 1), got {value}")
+        return value
+
+    @field_validator("min_answered_share")
+    @classmethod
+    def _answered_share(cls, value: float) -> float:
+        if not 0.0 < value <= 1.0:
+            raise ValueError(f"must be in (0, 1], got {value}")
+        return value
 
 
 class ReasoningSettings(Section):

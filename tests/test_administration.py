@@ -14,13 +14,12 @@ from big5_dagster.lib.personality.administration import (
     map_back,
     messages_hash,
     options_block,
-    prompt_template_hash,
-    run_seed,
 )
 from big5_dagster.lib.personality.answer_reading import (
     PARSE_STATUSES,
     logprob_answer,
     logprob_answers,
+    option_mass_status,
     parse_answer,
     parse_answers,
 )
@@ -106,36 +105,26 @@ def test_inventory_without_anchors_cannot_be_administered(bfi) -> None:
         item_messages(bare, bare.items[0], "normal")
 
 
-def test_prompt_template_hash_is_stable() -> None:
-    h = prompt_template_hash()
-    assert h == prompt_template_hash() and len(h) == 16 and int(h, 16) >= 0
-
-
 # --------------------------------------------------------------------------- plan
 
 
-def test_plan_counterbalances_and_shuffles_deterministically(bfi) -> None:
+def test_plan_counterbalances_with_a_seed_per_call(bfi) -> None:
     plan = administration_plan(bfi, n_runs=3, seed=11)
     n = len(bfi.items)
     assert len(plan) == 3 * 2 * n
     for (run, order), cell in plan.groupby(["run", "option_order"]):
-        assert sorted(cell["item_id"]) == sorted(bfi.item_ids), (run, order)
-        assert cell["position"].tolist() == list(range(1, n + 1))
-        assert cell["run_seed"].nunique() == 1
-        assert cell["run_seed"].iloc[0] == run_seed(11, run)
-    by_run = {
-        run: cell.groupby("option_order")["item_id"].apply(list).to_dict()
-        for run, cell in plan.groupby("run")
-    }
-    # Both option orders of a run present the items in the same shuffled order ...
-    assert all(orders["normal"] == orders["reversed"] for orders in by_run.values())
-    # ... which differs between runs and from the inventory's own order.
-    assert by_run[0]["normal"] != by_run[1]["normal"]
-    assert by_run[0]["normal"] != list(bfi.item_ids)
+        # One item per call: every item once, in inventory order (the order of independent
+        # calls cannot change an answer, so it is not shuffled).
+        assert cell["item_id"].tolist() == list(bfi.item_ids), (run, order)
+    assert {"run_seed", "position"}.isdisjoint(plan.columns)
     pd.testing.assert_frame_equal(plan, administration_plan(bfi, n_runs=3, seed=11))
-    other = administration_plan(bfi, n_runs=3, seed=12)
-    assert not other["item_id"].equals(plan["item_id"])
+    # Every call samples with its own seed; another seed gives other call seeds.
     assert plan["call_seed"].is_unique
+    other = administration_plan(bfi, n_runs=3, seed=12)
+    assert set(other["call_seed"]).isdisjoint(plan["call_seed"])
+    # The same (seed, run, order, item) gives the same call seed in a longer plan.
+    longer = administration_plan(bfi, n_runs=4, seed=11)
+    assert longer["call_seed"].iloc[: len(plan)].tolist() == plan["call_seed"].tolist()
     only_reversed = administration_plan(bfi, n_runs=1, seed=11, orders=("reversed",))
     assert set(only_reversed["option_order"]) == {"reversed"}
 
@@ -230,34 +219,66 @@ def test_logprob_answers_rejects_bad_input(bfi, logprobs, message) -> None:
 # --------------------------------------------------------------------------- end to end
 
 
-def _ideal_presented_number(inv, item_id: str, order: str) -> int:
-    # 5 on every positively keyed item and 1 on every reverse-keyed one, as the scale value;
-    # the number to present is that value mapped through the order (its own inverse).
-    scale_value = inv.scale_max if inv.item(item_id).keyed == 1 else inv.scale_min
-    return int(map_back(scale_value, order, inv))
+# The BFI-44 scoring key as published (John & Srivastava 1999; "R" items reverse-scored),
+# written out here so that the test does not take the keying from the code it checks.
+BFI_REVERSE_SCORED = {6, 21, 31, 2, 12, 27, 37, 8, 18, 23, 43, 9, 24, 34, 35, 41}
 
 
-@pytest.mark.parametrize("name", ["bfi44", "ipip_neo_120"])
-def test_ideal_respondent_scores_5_through_both_answer_paths(name) -> None:
-    inv = load_inventory(name)
-    plan = administration_plan(inv, n_runs=2, seed=3)
-    presented = [
-        _ideal_presented_number(inv, i, o)
-        for i, o in zip(plan["item_id"], plan["option_order"], strict=True)
-    ]
-    texts = [f"I'd say {p}." for p in presented]
-    parsed = parse_answers(texts, plan["option_order"].tolist(), inv)
+def _number_labelled(prompt_text: str, label: str) -> int:
+    """The number the prompt's option list shows beside ``label`` ('4 = Agree a little')."""
+    for line in prompt_text.splitlines():
+        number, sep, text = line.partition(" = ")
+        if sep and text == label:
+            return int(number)
+    raise AssertionError(f"no option {label!r} in the prompt")
+
+
+def test_ideal_respondent_reading_the_prompts_scores_5_on_every_trait() -> None:
+    """A respondent who agrees strongly with every statement of a trait and disagrees strongly
+    with every reverse-scored one, reading the numbers off the option list it is shown,
+    scores 5 on every trait through both answer paths, in both option orders."""
+    inv = load_inventory("bfi44")
+    plan = administration_plan(inv, n_runs=1, seed=3)
+    presented = []
+    for item_id, order in zip(plan["item_id"], plan["option_order"], strict=True):
+        item = inv.item(item_id)
+        prompt = item_messages(inv, item, order)[-1]["content"]
+        wanted = "Disagree strongly" if item.number in BFI_REVERSE_SCORED else "Agree strongly"
+        presented.append(_number_labelled(prompt, wanted))
+    # In reversed order 'Agree strongly' is presented as 1: the answers differ by order.
+    assert set(presented) == {1, 5}
+    parsed = parse_answers([f"I'd say {p}." for p in presented], plan["option_order"].tolist(), inv)
     assert (parsed["parse_status"] == "ok").all()
-
-    # The option-probability path: nearly all mass on the presented number.
     logprobs = np.full((len(plan), 5), np.log(1e-6))
     logprobs[np.arange(len(plan)), np.array(presented) - 1] = np.log(0.9)
     scored = logprob_answers(logprobs, plan["option_order"].tolist(), inv)
-
     for values in (parsed["value"], scored["argmax_score"], scored["expected_score"]):
         responses = plan.assign(method="sft", persona="openness_high", value=values.to_numpy())
         scores = score_table(responses, inv)
-        assert set(scores["option_order"]) == {"normal", "reversed"}
-        assert len(scores) == 2 * 2 * 5
+        assert set(scores["option_order"]) == {"normal", "reversed"} and len(scores) == 2 * 5
         assert scores["score"].to_numpy() == pytest.approx(5.0, abs=1e-4)
         assert (scores["n_failed"] == 0).all() and (scores["n_absent"] == 0).all()
+
+
+@pytest.mark.parametrize("name", ["bfi44", "ipip_neo_120"])
+def test_inventories_reverse_score_as_many_items_as_published(name) -> None:
+    # METHOD.md section 6: BFI E 3, A 4, C 4, N 3, O 2; IPIP-NEO-120 E 6, A 17, C 13, N 7, O 12.
+    published = {
+        "bfi44": {"extraversion": 3, "agreeableness": 4, "conscientiousness": 4,
+                  "neuroticism": 3, "openness": 2},
+        "ipip_neo_120": {"extraversion": 6, "agreeableness": 17, "conscientiousness": 13,
+                         "neuroticism": 7, "openness": 12},
+    }[name]  # fmt: skip
+    inv = load_inventory(name)
+    reversed_ = {t: sum(inv.item(i).keyed == -1 for i in ids) for t, ids in inv.categories.items()}
+    assert reversed_ == published
+    if name == "bfi44":
+        assert {i.number for i in inv.items if i.keyed == -1} == BFI_REVERSE_SCORED
+
+
+def test_option_mass_below_the_minimum_is_low_mass() -> None:
+    status = option_mass_status(np.array([0.5, 0.1, 0.0999, 0.0]), 0.1)
+    assert status.tolist() == ["ok", "ok", "low_mass", "low_mass"]
+    assert option_mass_status(np.array([0.0]), 0.0).tolist() == ["ok"]
+    with pytest.raises(ValueError, match=r"min_option_mass must be in \[0, 1\)"):
+        option_mass_status(np.array([0.5]), 1.0)

@@ -99,6 +99,26 @@ def test_an_edit_to_the_inventory_prompt_leaves_the_dialogues_fresh(baseline, ed
     assert not stale & {"scenario_openers", "big5_chat_replies", "sft_examples", "trait_experts"}
 
 
+def test_the_item_prompt_hash_follows_the_item_prompt_only(edit):
+    """The answer cache keys carry prompt_template_hash: an edit to the item template must
+    change it (else stale answers would be reused), an edit to another prompt must not."""
+    from big5_dagster.lib.personality import administration
+
+    def fresh_hash() -> str:
+        administration.prompt_template_hash.cache_clear()
+        return administration.prompt_template_hash()
+
+    before = fresh_hash()
+    try:
+        assert len(before) == 16 and set(before) <= set("0123456789abcdef")
+        edit("big5_dagster.lib.prompts", "complete the sentence with", "finish the sentence with")
+        assert fresh_hash() == before  # the expert prompt is not part of an item prompt
+        edit("big5_dagster.lib.prompts", '"Response options:\\n{options}', '"Options:\\n{options}')
+        assert fresh_hash() != before
+    finally:
+        administration.prompt_template_hash.cache_clear()
+
+
 def test_an_edit_to_a_phrase_bank_makes_the_posts_stale(baseline, monkeypatch):
     read = code_version._data_bytes
 

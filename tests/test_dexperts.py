@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from transformers import LogitsProcessor
 
 from big5_dagster.lib.engine.adapters import lora_adapter, merged_expert_copy, random_lora_adapter
+from big5_dagster.lib.engine.chat import render_chat
 from big5_dagster.lib.engine.dexperts import (
     DExpertsParams,
     DExpertsRequest,
@@ -21,6 +23,7 @@ from big5_dagster.lib.engine.dexperts import (
 from big5_dagster.lib.engine.generation import generate_chat
 from big5_dagster.lib.engine.loading import load_model
 from big5_dagster.lib.engine.sampling import SamplingParams
+from big5_dagster.lib.engine.tokens import eos_token_ids
 from big5_dagster.lib.traits import Persona
 
 PERSONA = Persona("extraversion", "high")
@@ -145,20 +148,74 @@ def test_alpha_zero_reproduces_plain_greedy_generation(tiny, requests_, formula)
     assert [r.n_new_tokens for r in steered] == [len(r.token_ids) for r in plain]
 
 
-def test_paper_formula_follows_the_base_during_warmup_then_steers(tiny, requests_):
-    plain = generate_chat(tiny, [r.base_prompt for r in requests_], GREEDY, batch_size=3)
+def _prompt_ids(tokenizer, prompt) -> list[int]:
+    text = prompt if isinstance(prompt, str) else render_chat(tokenizer, prompt)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _last_logits(model, ids: list[int]) -> torch.Tensor:
+    return model(input_ids=torch.tensor([ids])).logits[0, -1].double()
+
+
+@torch.inference_mode()
+def naive_dexperts(peft_model, tokenizer, requests, params, max_new_tokens, eos_ids):
+    """The reference: one request at a time, no KV cache, no padding, greedy. At every step
+    the base (adapter off) reads its full prompt plus the tokens generated so far, the
+    expert (adapter on) its own prompt plus the same tokens, and the anti-expert likewise
+    with its prompt; their last logits are combined by the formula written out here and
+    the argmax is the next token."""
+    outputs = []
+    for request in requests:
+        base = _prompt_ids(tokenizer, request.base_prompt)
+        expert = _prompt_ids(tokenizer, request.expert_prompt)
+        anti = _prompt_ids(tokenizer, request.anti_expert_prompt)
+        generated: list[int] = []
+        for step in range(max_new_tokens):
+            with peft_model.disable_adapter():
+                logits = _last_logits(peft_model, base + generated)
+            if params.formula == "dexperts":
+                steering = _last_logits(peft_model, expert + generated) - _last_logits(
+                    peft_model, anti + generated
+                )
+                logits = logits + params.alpha * steering
+            elif step >= params.warmup_tokens:
+                logits = logits + params.alpha * _last_logits(peft_model, expert + generated)
+            generated.append(int(logits.argmax()))
+            if generated[-1] in eos_ids:
+                break
+        outputs.append(tuple(generated))
+    return outputs
+
+
+@pytest.mark.parametrize("formula", ["paper", "dexperts"])
+def test_cached_batched_decoding_matches_a_naive_reference(tiny, requests_, formula):
+    """Token for token, on one left-padded batch of prompts of unequal length, with the
+    paper formula's warm-up: the cached, batched implementation against the reference."""
+    params = DExpertsParams(formula=formula, alpha=1.5, warmup_tokens=3)
+    sampling = SamplingParams(max_new_tokens=8, do_sample=False, seed=0)
+    lengths = {len(_prompt_ids(tiny.tokenizer, r.base_prompt)) for r in requests_}
+    assert len(lengths) == len(requests_)  # unequal prompts: the batch is left-padded
+    eos_ids = eos_token_ids(tiny.model, tiny.tokenizer)
     with random_lora_adapter(tiny.model, seed=1) as peft_model:
-        steered = generate_dexperts(
+        batched = generate_dexperts(
+            peft_model, tiny.tokenizer, requests_, params, sampling, expert="expert", batch_size=3
+        )
+        expected = naive_dexperts(peft_model, tiny.tokenizer, requests_, params, 8, eos_ids)
+        plain = naive_dexperts(
             peft_model,
             tiny.tokenizer,
             requests_,
-            DExpertsParams(formula="paper", alpha=2.0, warmup_tokens=5),
-            GREEDY,
-            expert="expert",
+            dataclasses.replace(params, alpha=0.0),
+            8,
+            eos_ids,
         )
-    for s, p in zip(steered, plain, strict=True):
-        assert s.token_ids[:5] == p.token_ids[:5]
-    assert any(s.token_ids[5:] != p.token_ids[5:] for s, p in zip(steered, plain, strict=True))
+    assert token_lists(batched) == expected
+    # The expert changes the choice somewhere, so the combination was really exercised ...
+    assert expected != plain
+    if formula == "paper":
+        # ... but never during the warm-up, where the base alone decides.
+        assert all(e[:3] == p[:3] for e, p in zip(expected, plain, strict=True))
+        assert any(e[3:] != p[3:] for e, p in zip(expected, plain, strict=True))
 
 
 @pytest.mark.parametrize("formula", ["paper", "dexperts"])
@@ -379,19 +436,43 @@ def test_params_are_validated():
 # --- benchmark -----------------------------------------------------------------------------
 
 
-def test_bench_dexperts_measures_equal_token_counts(tiny):
-    from big5_dagster.bench.dexperts import bench_dexperts, dialogue_bench_requests
+def test_bench_dexperts_rates_use_the_median_time_of_equal_token_counts(tiny, monkeypatch):
+    """With a clock that makes every timed run take a known time, the rates are the tokens of
+    one run over the median time (not the mean or the last), and the ratio is DExperts over
+    plain, so a slower DExperts has a ratio below 1."""
+    from big5_dagster.bench import dexperts as bench
 
-    requests = dialogue_bench_requests(tiny, 3, PERSONA, seed=0, opener_max_new_tokens=4)
+    requests = bench.dialogue_bench_requests(tiny, 3, PERSONA, seed=0, opener_max_new_tokens=4)
     assert all(r.anti_expert_prompt is not None for r in requests)
-    figures = bench_dexperts(tiny, None, requests, batch_size=2, max_new_tokens=4, repeats=1)
+    durations = {  # seconds of the three timed repeats; medians 2 (plain), 4 and 8
+        "plain": iter([1.0, 2.0, 6.0]),
+        "paper": iter([9.0, 4.0, 2.0]),
+        "dexperts": iter([8.0, 30.0, 3.0]),
+    }
+    clock = {"now": 0.0}
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock["now"])
+
+    def timed(name_of, real):
+        def run(*args, **kwargs):
+            result = real(*args, **kwargs)
+            tokens = sum(r.n_new_tokens for r in result)
+            if tokens == 3 * 4:  # a timed run, not the short warm-up
+                clock["now"] += next(durations[name_of(args, kwargs)])
+            return result
+
+        return run
+
+    monkeypatch.setattr(bench, "generate_chat", timed(lambda a, k: "plain", bench.generate_chat))
+    monkeypatch.setattr(
+        bench, "generate_dexperts", timed(lambda a, k: a[3].formula, bench.generate_dexperts)
+    )
+    figures = bench.bench_dexperts(tiny, None, requests, batch_size=2, max_new_tokens=4, repeats=3)
     assert figures["new_tokens_per_run"] == 3 * 4
-    plain = figures["plain"]["tokens_per_second"]
-    assert plain > 0
-    assert set(figures["dexperts"]) == {"paper", "dexperts"}
-    for formula in ("paper", "dexperts"):
-        rate = figures["dexperts"][formula]["tokens_per_second"]
-        assert figures["dexperts"][formula]["ratio_to_plain"] == pytest.approx(rate / plain)
+    assert figures["plain"]["seconds"] == [1.0, 2.0, 6.0]
+    assert figures["plain"]["tokens_per_second"] == pytest.approx(12 / 2.0)
+    assert figures["dexperts"]["paper"]["tokens_per_second"] == pytest.approx(12 / 4.0)
+    assert figures["dexperts"]["paper"]["ratio_to_plain"] == pytest.approx(0.5)
+    assert figures["dexperts"]["dexperts"]["ratio_to_plain"] == pytest.approx(2.0 / 8.0)
     # The on-the-fly adapter is gone again.
     assert not hasattr(tiny.model, "peft_config")
     assert all(p.requires_grad for p in tiny.model.parameters())

@@ -35,6 +35,9 @@ SMALL = {
         "max_new_tokens": 3,
         "n_demonstrations": 2,
         "option_orders": ["normal"],
+        # The random-weight model puts about 5/49152 of its mass on the options: with the
+        # default minimum every log-probability answer would be low_mass.
+        "min_option_mass": 0.0,
     },
     "trait_correlations": {"bootstrap_samples": 20},
     "reasoning_tasks": {"n_social": 2, "n_commonsense": 2, "n_arithmetic": 2, "n_shots": 1},

@@ -14,6 +14,7 @@ from big5_dagster.lib.engine.chat import render_chat
 from big5_dagster.lib.engine.generation import GenerationResult
 from big5_dagster.lib.engine.scoring import OptionScores, option_token_ids
 from big5_dagster.lib.personality.administration import administration_plan, map_back
+from big5_dagster.lib.personality.analysis import reliability_by_condition
 from big5_dagster.lib.personality.answers import (
     PROVENANCE_COLUMNS,
     AdministrationSettings,
@@ -21,6 +22,7 @@ from big5_dagster.lib.personality.answers import (
     administer,
     answer_quality,
     answer_rows,
+    apply_min_option_mass,
     plan_answers,
 )
 from big5_dagster.lib.personality.conditions import Condition, conditions_for
@@ -115,9 +117,13 @@ def test_answer_rows_carry_provenance_and_unique_keys(bfi):
     settings = AdministrationSettings("model-fp", FAST)
     (condition,) = conditions_for("sft", [OPENNESS_HIGH], adapter_seeds={4: "adapter-v1"})
     rows = answer_rows(condition, bfi, plan, ["logprob", "generate"], settings)
-    assert len(rows) == 2 * len(plan) == 2 * 2 * 2 * 44
+    # Sampled answers once per run; a log-probability answer once per prompt (run 0, no seed).
+    generated, scored = rows[rows.scorer == "generate"], rows[rows.scorer == "logprob"]
+    assert len(generated) == len(plan) == 2 * 2 * 44
+    assert len(scored) == 2 * 44 and set(scored["run"]) == {0}
+    assert scored["call_seed"].isna().all() and generated["call_seed"].notna().all()
     assert rows["cache_key"].is_unique
-    assert not rows[list(PROVENANCE_COLUMNS)].isna().any().any()
+    assert not rows[list(PROVENANCE_COLUMNS)].drop(columns=["call_seed"]).isna().any().any()
     assert set(rows["adapter_version"]) == {"adapter-v1"} and set(rows["adapter_seed"]) == {4}
     # A key changes with the model, the adapter, the prompt, the scorer settings and the seed.
     other_model = answer_rows(condition, bfi, plan, ["logprob"], AdministrationSettings("fp2"))
@@ -171,7 +177,8 @@ def test_logprob_answers_map_back_in_reversed_order(tiny, bfi_small, monkeypatch
         scorers=["logprob"],
         batch_size=4,
     )
-    assert len(rows) == 2 * 2 * 2 * 4
+    # One answer per prompt (2 conditions x 2 orders x 4 items), not one per run.
+    assert len(rows) == 2 * 2 * 4 and rows["messages_hash"].is_unique
     assert set(rows["option_order"]) == {"normal", "reversed"}
     assert np.allclose(rows["p_4"].to_numpy(float), 0.75)  # 0.6 / 0.8, in both orders
     assert np.allclose(rows["p_2"].to_numpy(float), 0.0625)
@@ -226,7 +233,7 @@ def test_generate_failures_are_counted_never_imputed(tiny, bfi_small, monkeypatc
     assert sorted(seen_seeds) == sorted(rows["call_seed"])
     assert (rows["generation_seed"] == rows["call_seed"]).all()
     quality = answer_quality(rows)
-    assert quality[["n_answers", "n_failed"]].values.tolist() == [[8, 6]]
+    assert quality[["n_answers", "n_failed", "n_low_mass"]].values.tolist() == [[8, 6, 0]]
     assert quality["failure_rate"].iloc[0] == 0.75
 
 
@@ -245,17 +252,22 @@ def test_administer_on_the_tiny_model_fills_both_scorers(tiny, bfi_small):
     assert (
         not rows[list(PROVENANCE_COLUMNS)]
         .isna()
-        .drop(columns=["adapter_seed", "adapter_version"])
+        .drop(columns=["adapter_seed", "adapter_version", "call_seed"])
         .any()
         .any()
     )
+    assert rows["call_seed"].isna().eq(rows["scorer"] == "logprob").all()
     assert rows["adapter_seed"].isna().all()
     logprob = rows[rows["scorer"] == "logprob"]
     p = logprob[[f"p_{v}" for v in range(1, 6)]].to_numpy(float)
     assert np.allclose(p.sum(axis=1), 1.0)
     assert ((logprob["option_mass"] > 0) & (logprob["option_mass"] < 1)).all()
-    # The logprob answer does not depend on the run: both runs' rows of a prompt agree.
-    assert (logprob.groupby("messages_hash")["value"].nunique() == 1).all()
+    # The logprob answer does not depend on the run: one row per prompt.
+    assert logprob["messages_hash"].is_unique and len(logprob) == 2 * 2 * 4
+    # A random-weight model puts about 5/49152 of its mass on the options: no answer at all.
+    assert (logprob["option_mass"] < 0.01).all()
+    assert (logprob["parse_status"] == "low_mass").all() and logprob["value"].isna().all()
+    assert logprob["expected_score"].notna().all()  # kept, so another minimum can read it
     generated = rows[rows["scorer"] == "generate"]
     assert generated["raw_text"].notna().all() and (generated["max_new_tokens"] == 3).all()
     assert set(generated["parse_status"]) <= {
@@ -346,10 +358,97 @@ def test_cache_recomputes_only_what_changed(tiny, bfi_small, monkeypatch):
     assert calls == [("score_options", 4)] * 4
     fused = first[first["scorer"] == "logprob"]
     assert list(rescored["cache_key"]) == list(fused["cache_key"])
-    for column in ("value", "option_mass", "p_1", "p_5"):
+    for column in ("expected_score", "option_mass", "p_1", "p_5"):
         assert np.allclose(
             rescored[column].to_numpy(float), fused[column].to_numpy(float), atol=1e-5
         )
+
+
+def _fake_option_scores(masses: dict[str, float]):
+    """A fake score_options: per item text, the given option mass spread over the options
+    with 'Agree a little' (scale 4) the most probable."""
+
+    def fake(loaded, prompts, options, *, batch_size, **_):
+        logprobs = []
+        for conversation in prompts:
+            text = conversation[-1]["content"]
+            mass = next(m for item_text, m in masses.items() if item_text in text)
+            presented = int(
+                next(line for line in text.splitlines() if "= Agree a little" in line)[0]
+            )
+            probs = np.full(5, 0.1 * mass)
+            probs[presented - 1] = 0.6 * mass
+            logprobs.append(np.log(probs))
+        n = len(prompts)
+        return OptionScores(
+            options=tuple(options),
+            option_token_ids=tuple(range(5)),
+            logprobs=np.array(logprobs),
+            argmax_token_ids=np.zeros(n, dtype=int),
+            argmax_logprobs=np.zeros(n),
+            prefix_tokens=0,
+        )
+
+    return fake
+
+
+def test_low_option_mass_is_a_counted_failure_and_rereadable(tiny, bfi_small, monkeypatch):
+    masses = dict(zip([i.text for i in bfi_small.items], [0.5, 0.2, 0.05, 0.01], strict=True))
+    monkeypatch.setattr(respondent, "score_options", _fake_option_scores(masses))
+    rows = administer(
+        tiny, description_conditions(), [bfi_small], n_runs=1, seed=0, scorers=["logprob"],
+        min_option_mass=0.1,
+    )  # fmt: skip
+    low = rows["option_mass"] < 0.1
+    assert low.sum() == 2 * 2 * 2  # two items x two conditions x two orders
+    assert (rows.loc[low, "parse_status"] == "low_mass").all() and rows.loc[
+        low, "value"
+    ].isna().all()
+    assert (rows.loc[~low, "parse_status"] == "ok").all()
+    assert np.allclose(rows.loc[~low, "value"].to_numpy(float), 0.1 * (1 + 2 + 3 + 5) / 1 + 0.6 * 4)
+    quality = answer_quality(rows, by=("scorer",)).iloc[0]
+    assert (quality["n_answers"], quality["n_low_mass"], quality["n_failed"]) == (16, 8, 0)
+    assert quality["low_mass_rate"] == 0.5
+    # Another minimum re-reads the stored mass: no model needed, nothing recomputed.
+    lenient = apply_min_option_mass(rows, 0.0)
+    assert (lenient["parse_status"] == "ok").all()
+    assert np.allclose(lenient["value"].to_numpy(float), lenient["expected_score"].to_numpy(float))
+
+
+def test_deterministic_answers_are_not_copied_per_run(tiny, bfi, monkeypatch):
+    """n_runs = 5 gives 5 sampled answers per prompt but one log-probability answer, so the
+    reliability of a log-probability condition counts its independent answer vectors only."""
+    monkeypatch.setattr(
+        respondent, "score_options", _fake_option_scores({i.text: 0.8 for i in bfi.items})
+    )
+
+    def fake_generate(loaded, conversations, params, *, batch_size, seeds, **_):
+        return [
+            GenerationResult(
+                text=str(1 + s % 5), n_new_tokens=1, finish_reason="eos", token_ids=(1,)
+            )
+            for s in seeds
+        ]
+
+    monkeypatch.setattr(respondent, "generate_with_shared_prefix", fake_generate)
+    conditions = description_conditions()
+    kwargs = dict(n_runs=5, seed=0, generation=FAST, batch_size=8)
+    scored = administer(tiny, conditions, [bfi], scorers=["logprob"], **kwargs)
+    sampled = administer(tiny, conditions, [bfi], scorers=["generate"], **kwargs)
+    assert len(scored) == 2 * 2 * 44 and set(scored["run"]) == {0}
+    assert len(sampled) == 5 * 2 * 2 * 44 and set(sampled["run"]) == set(range(5))
+    # The log-probability keys do not depend on the number of runs: nothing to recompute.
+    one_run = plan_answers(
+        tiny.fingerprint, conditions, [bfi], n_runs=1, seed=0, scorers=["logprob"]
+    )
+    assert set(one_run["cache_key"]) == set(scored["cache_key"])
+    reliability = reliability_by_condition(pd.concat([scored, sampled]), [bfi]).set_index(
+        ["scorer", "trait"]
+    )
+    # 2 personas x 2 orders = 4 answer vectors; 5 copies of each would have made 20.
+    assert (reliability.loc["logprob", "n_respondents"] == 4).all()
+    assert (reliability.loc["logprob", "n_complete"] == 4).all()  # what the omega gate counts
+    assert (reliability.loc["generate", "n_respondents"] == 20).all()
 
 
 def test_one_call_never_mixes_adapters(tiny, bfi_small):

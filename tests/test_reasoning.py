@@ -548,6 +548,74 @@ def test_reasoning_by_trait_differences_and_intervals():
     assert openness["in_preferred_direction"].isna().all()
 
 
+def _samples(correct: dict[tuple[str, str, int | None], list[int]], task: str = "social"):
+    """Per-sample logs: (method, persona, seed) -> 0/1 per item of ``task``."""
+    return pd.DataFrame(
+        [
+            dict(method=method, persona=persona, adapter_seed=seed, benchmark=task,
+                 task=f"{task}_leaf", doc_id=doc, filter="none", acc=float(v), n_shot=0)
+            for (method, persona, seed), values in correct.items()
+            for doc, v in enumerate(values)
+        ]
+    )  # fmt: skip
+
+
+def test_reasoning_differences_are_paired_over_the_items():
+    """The same 10 items under both personas: high is right exactly where low is, plus two
+    more items. Paired, the difference 0.2 has the SE of the per-item differences; unpaired
+    (the two runs' stderrs) it would be much wider."""
+    low = [1, 0, 1, 1, 0, 0, 1, 0, 1, 0]
+    high = [1, 1, 1, 1, 0, 1, 1, 0, 1, 0]
+    samples = _samples(
+        {
+            ("prompt_description", "conscientiousness_high", None): high,
+            ("prompt_description", "conscientiousness_low", None): low,
+        }
+    )
+    rows = _condition_rows()
+    table = R_analysis.reasoning_by_trait(rows, samples)
+    one = table[
+        (table["method"] == "prompt_description")
+        & (table["trait"] == "conscientiousness")
+        & (table["task"] == "social")
+    ].iloc[0]
+    d = np.array(high) - np.array(low)
+    assert one["pairing"] == "paired_items" and one["n_items"] == 10
+    assert one["diff"] == pytest.approx(0.2)
+    assert one["se_items"] == pytest.approx(d.std(ddof=1) / math.sqrt(10))
+    assert one["se"] == pytest.approx(one["se_items"]) and one["se"] < math.sqrt(0.02)
+    assert one["ci_low"] == pytest.approx(0.2 - 1.959964 * one["se"], abs=1e-6)
+    # A benchmark without per-sample values keeps the unpaired interval.
+    gsm = table[(table["task"] == "gsm") & (table["trait"] == "conscientiousness")].iloc[0]
+    assert gsm["pairing"] == "unpaired" and gsm["se"] == pytest.approx(math.sqrt(0.02))
+
+
+def test_paired_reasoning_differences_across_adapter_seeds():
+    seed_rows = {
+        ("sft", "conscientiousness_high", 1): [1, 1, 1, 1, 0, 1, 1, 0],
+        ("sft", "conscientiousness_low", 1): [1, 0, 1, 1, 0, 0, 1, 0],
+        ("sft", "conscientiousness_high", 2): [1, 0, 1, 1, 0, 0, 1, 1],
+        ("sft", "conscientiousness_low", 2): [1, 0, 1, 1, 0, 0, 1, 0],
+    }
+    table = R_analysis.reasoning_by_trait(_condition_rows(), _samples(seed_rows))
+    sft = table[table["method"] == "sft"].iloc[0]
+    d1 = (
+        np.array(seed_rows[("sft", "conscientiousness_high", 1)])
+        - seed_rows[("sft", "conscientiousness_low", 1)]
+    )
+    d2 = (
+        np.array(seed_rows[("sft", "conscientiousness_high", 2)])
+        - seed_rows[("sft", "conscientiousness_low", 2)]
+    )
+    per_seed = np.array([d1.mean(), d2.mean()])
+    item_means = (d1 + d2) / 2
+    assert sft["pairing"] == "paired_items" and sft["n_seeds"] == 2 and sft["n_items"] == 8
+    assert sft["diff"] == pytest.approx(per_seed.mean())
+    assert sft["se_seeds"] == pytest.approx(per_seed.std(ddof=1) / math.sqrt(2))
+    assert sft["se_items"] == pytest.approx(item_means.std(ddof=1) / math.sqrt(8))
+    assert sft["se"] == pytest.approx(math.hypot(sft["se_seeds"], sft["se_items"]))
+
+
 def test_direction_count_follows_the_paper():
     counts = R_analysis.trait_direction_counts(R_analysis.reasoning_by_trait(_condition_rows()))
     prompt = counts[counts["method"] == "prompt_description"].set_index("trait")

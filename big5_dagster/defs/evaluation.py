@@ -9,7 +9,7 @@ from big5_dagster.defs import artifacts
 from big5_dagster.defs.factory import Stage, versioned_asset
 from big5_dagster.defs.tracking import Tracker, progress_logger
 from big5_dagster.lib.engine.adapters import with_adapter
-from big5_dagster.lib.personality import analysis, answers, human_reference, scores
+from big5_dagster.lib.personality import analysis, answers, column_docs, human_reference
 from big5_dagster.lib.personality.administration import prompt_template_hash
 from big5_dagster.lib.personality.conditions import by_adapter
 from big5_dagster.lib.personality.methods import METHODS
@@ -23,11 +23,29 @@ SEPARATION_SHOWN = [
     "method",
     "inventory",
     "target_trait",
+    "unit",
     "mean_high",
     "mean_low",
     "difference",
+    "diff_ci_low",
+    "diff_ci_high",
     "cohens_d",
 ]
+D_CAPTION = (
+    "difference: high minus low on the scale (paired over the units). cohens_d is that "
+    "difference over the SD across the units (decoding noise for runs, item spread for "
+    "items, seed spread for adapter seeds): not a person-level SD, not comparable to human "
+    "effect sizes."
+)
+
+
+def table_schema(docs: column_docs.ColumnDocs) -> dg.TableSchema:
+    """Column docs as a Dagster table schema (shown in the UI's Columns tab)."""
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(name, type=kind, description=text) for name, (kind, text) in docs.items()
+        ]
+    )
 
 
 def adapter_name(method: str, seed: int | None) -> str | None:
@@ -53,9 +71,10 @@ def build(settings: Settings) -> Stage:
         warehouse: Warehouse,
         model: ModelBackend,
     ) -> dg.MaterializeResult:
-        """Every answer of one method (all 10 personas; sft/dpo per adapter seed) to BFI-44 and
-        IPIP-NEO-120, by option log-probability and by generate-and-parse, in both option orders
-        with seeded item orders; one warehouse row per answer with its provenance. Answers are
+        """Every answer of one method (all 10 personas; sft/dpo per adapter seed) to the
+        inventories, by option log-probability (one answer per prompt: it is deterministic) and
+        by generate-and-parse (one per run), in both option orders; one warehouse row per
+        answer with its provenance and status (parse failures, low option mass). Answers are
         cached by content key: a rerun computes only what changed."""
         tracker = Tracker(context, warehouse, store)
         method = method_of(context)
@@ -95,13 +114,14 @@ def build(settings: Settings) -> Stage:
                         **common,
                         batch_size=config.batch_size,
                         cached_keys=set(cached.cache_key) if len(cached) else frozenset(),
+                        min_option_mass=config.min_option_mass,
                         progress=report,
                     )
                 )
         new = pd.concat(fresh, ignore_index=True)
-        table = answers.sorted_answers(
-            pd.concat([cached, new], ignore_index=True) if len(cached) else new
-        )
+        if len(cached):  # stored rows, read with this run's minimum option mass
+            new = pd.concat([cached[list(new.columns)], new], ignore_index=True)
+        table = answers.sorted_answers(answers.apply_min_option_mass(new, config.min_option_mass))
         path = tracker.save_table(
             table,
             "answers.parquet",
@@ -109,7 +129,7 @@ def build(settings: Settings) -> Stage:
             partition_column="method",
             version_of=table.drop(columns=["scorer_settings"], errors="ignore"),
         )
-        quality = answers.scorer_quality(table)
+        quality = answers.answer_quality(table, by=("scorer",))
         return tracker.result(
             rows=len(table),
             artifacts=[path],
@@ -134,51 +154,65 @@ def build(settings: Settings) -> Stage:
         deps=["inventory_responses", "personality_inventories"],
         group_name="evaluation",
         kinds={"duckdb"},
-        metadata={"warehouse_tables": ["inventory_scores", "inventory_separation"]},
+        metadata={
+            "warehouse_tables": ["inventory_scores", "inventory_separation"],
+            "dagster/column_schema": table_schema(column_docs.INVENTORY_SCORES),
+            "inventory_separation columns": dg.MetadataValue.table_schema(
+                table_schema(column_docs.INVENTORY_SEPARATION)
+            ),
+        },
     )
     def inventory_scores(
-        context: dg.AssetExecutionContext, store: ArtifactStore, warehouse: Warehouse
+        context: dg.AssetExecutionContext,
+        config: EvaluationConfig,  # type: ignore[valid-type]
+        store: ArtifactStore,
+        warehouse: Warehouse,
     ) -> dg.MaterializeResult:
-        """Per method, persona, inventory, trait and scorer: mean, SD, 95% CI, n and the
-        parse-failure rate; and per method the high-minus-low separation of each trait
-        (difference and Cohen's d) with the drift of the off-target traits."""
+        """Per method, persona, inventory, trait and scorer: the mean with a 95% CI over the
+        independent units (items for log-probability answers, runs for sampled ones, adapter
+        seeds for sft/dpo), beside the counts of parse failures, low-mass answers and scores
+        missing for too few answered items; and per method the high-minus-low separation of
+        each trait (raw difference, paired over the units, and a d scaled by the units' SD)
+        with the drift of the off-target traits."""
         tracker = Tracker(context, warehouse, store)
         rows = artifacts.read_answers(warehouse)
-        respondents = analysis.respondent_scores(rows, artifacts.read_inventories(store))
-        summary = scores.summarize_scores(
-            respondents, by=("scorer", "method", "persona", "inventory", "trait")
+        tables = analysis.trait_tables(
+            rows, artifacts.read_inventories(store), config.min_answered_share
         )
+        summary = analysis.trait_means(tables)
         norms = warehouse.query(
             "SELECT inventory, category AS trait, mean AS human_mean, sd AS human_sd "
             "FROM personality_inventory_norms"
         )
         summary = summary.merge(norms, on=["inventory", "trait"], how="left")
-        separation = scores.separation(respondents, by=("scorer", "method", "inventory"))
+        separation = analysis.trait_separation(tables)
         path = tracker.save_table(summary, "scores.parquet", table="inventory_scores")
         tracker.save_table(
             separation, "separation.parquet", table="inventory_separation", versioned=False
         )
-        target = separation[separation.is_target]
-        shown = (
-            target[target.scorer == "logprob"][SEPARATION_SHOWN]
-            if "target_trait" in target
-            else target
-        )
+        target = separation[separation.is_target & (separation.scorer == "logprob")]
         methods = sorted(rows.method.unique())
+        failures = (
+            summary.groupby(["scorer", "method"])[["n_failed", "n_low_mass", "n_below_min_share"]]
+            .sum()
+            .join(
+                summary.groupby(["scorer", "method"])[
+                    ["parse_failure_rate", "low_mass_rate"]
+                ].mean()
+            )
+            .round(3)
+            .reset_index()
+        )
         return tracker.result(
             rows=len(summary),
             artifacts=[path],
             metadata={
                 "methods_present": ", ".join(methods),
                 "methods_missing": ", ".join(m for m in METHODS if m not in methods),
-                "separation_logprob": dg.MetadataValue.md(shown.round(3).to_markdown(index=False)),
-                "parse_failure_rate": dg.MetadataValue.md(
-                    summary.groupby(["scorer", "method"])
-                    .parse_failure_rate.mean()
-                    .round(3)
-                    .reset_index()
-                    .to_markdown(index=False)
+                "separation_logprob": dg.MetadataValue.md(
+                    target[SEPARATION_SHOWN].round(3).to_markdown(index=False) + "\n\n" + D_CAPTION
                 ),
+                "answer_failures": dg.MetadataValue.md(failures.to_markdown(index=False)),
             },
         )
 
@@ -225,8 +259,14 @@ def build(settings: Settings) -> Stage:
             "warehouse_tables": [
                 "trait_correlations",
                 "trait_correlation_distance",
-                "convergent_validity",
-            ]
+                "mtmm_validity",
+            ],
+            "trait_correlation_distance columns": dg.MetadataValue.table_schema(
+                table_schema(column_docs.TRAIT_CORRELATION_DISTANCE)
+            ),
+            "mtmm_validity columns": dg.MetadataValue.table_schema(
+                table_schema(column_docs.MTMM_VALIDITY)
+            ),
         },
     )
     def trait_correlations(
@@ -235,29 +275,33 @@ def build(settings: Settings) -> Stage:
         store: ArtifactStore,
         warehouse: Warehouse,
     ) -> dg.MaterializeResult:
-        """The paper's 10-persona trait correlation matrix per method, inventory and scorer,
-        its Frobenius distance from a published human matrix with a bootstrap CI, and the
-        BFI-IPIP convergent correlation of each trait across personas."""
+        """The paper's 10-persona trait correlation matrix per method, inventory and scorer;
+        its Frobenius distance from a published human matrix, bias-corrected, with a
+        bootstrap interval over the independent units; and the multitrait-multimethod
+        validity (convergent r per trait, mean discriminant r, with intervals) of each pair of
+        inventories per method."""
         tracker = Tracker(context, warehouse, store)
-        respondents = analysis.respondent_scores(
-            artifacts.read_answers(warehouse), artifacts.read_inventories(store)
+        trait = analysis.trait_tables(
+            artifacts.read_answers(warehouse),
+            artifacts.read_inventories(store),
+            config.min_answered_share,
         )
         tables = analysis.trait_correlation_tables(
-            respondents,
+            trait.units,
             human_reference.human_trait_correlations(),
             config.bootstrap_samples,
             config.seed,
         )
         for skipped in tables.skipped:
             context.log.warning(skipped)
-        if len(tables.convergent):
-            warehouse.replace_table("convergent_validity", tables.convergent)
         path = tracker.save_table(
             tables.distances,
             "distance.parquet",
             table="trait_correlation_distance",
             versioned=False,
         )
+        if len(tables.mtmm):
+            tracker.save_table(tables.mtmm, "mtmm.parquet", table="mtmm_validity", versioned=False)
         tracker.save_table(
             tables.matrices,
             "matrices.parquet",

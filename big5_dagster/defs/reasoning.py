@@ -182,13 +182,19 @@ def build(settings: Settings) -> Stage:
     def reasoning_by_trait(
         context: dg.AssetExecutionContext, store: ArtifactStore, warehouse: Warehouse
     ) -> dg.MaterializeResult:
-        """For each method, benchmark and trait: high minus low with a 95% CI; and the paper's
-        direction count (on how many benchmarks high C, high A, low E and low N score better)."""
+        """For each method, benchmark and trait: high minus low with a 95% CI, paired over the
+        items both personas answered (from the per-sample logs); and the paper's direction
+        count (on how many benchmarks high C, high A, low E and low N score better)."""
         tracker = Tracker(context, warehouse, store)
         if not warehouse.table_exists("reasoning_results"):
             raise FileNotFoundError("no reasoning results yet: materialize reasoning_results first")
         results = warehouse.query("SELECT * FROM reasoning_results")
-        by_trait = analysis.reasoning_by_trait(results)
+        samples = (
+            warehouse.query("SELECT * FROM reasoning_samples")
+            if warehouse.table_exists("reasoning_samples")
+            else None
+        )
+        by_trait = analysis.reasoning_by_trait(results, samples)
         counts = analysis.trait_direction_counts(by_trait)
         path = tracker.save_table(by_trait, "by_trait.parquet", table="reasoning_by_trait")
         tracker.save_table(

@@ -28,7 +28,7 @@ REPORT_TABLES = (
     "psychometric_reliability",
     "trait_correlations",
     "trait_correlation_distance",
-    "convergent_validity",
+    "mtmm_validity",
     "reasoning_results",
     "reasoning_by_trait",
     "reasoning_direction_counts",
@@ -90,7 +90,8 @@ def build(settings: Settings) -> Stage:
     ) -> dg.MaterializeResult:
         """One self-contained HTML report of the run (plots embedded as PNG): dataset and
         flags, classifier and expert quality, inventory scores beside human norms, separation,
-        reliability, correlation heatmaps, reasoning, failure rates, costs per stage, lineage."""
+        reliability, correlation heatmaps, MTMM validity, reasoning, failure rates, costs per stage,
+        lineage."""
         tracker = Tracker(context, warehouse, store)
         data = read_report_data(warehouse, store, context.run.run_id, settings)
         page, sections = build_report(data)

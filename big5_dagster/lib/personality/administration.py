@@ -3,8 +3,14 @@ the seeded plan of calls (reading the answers: ``personality.answer_reading``).
 
 One item per call (METHOD.md section 6). The paper's defects are fixed here: every item is
 presented in both option orders ("normal": 1 = lowest anchor; "reversed": 1 = highest
-anchor), the item order is shuffled per run with a recorded seed, and an answer that cannot
-be parsed is reported with a status, never turned into a number.
+anchor), every sampled call has its own recorded seed, and an answer that cannot be parsed
+is reported with a status, never turned into a number.
+
+The item order is not shuffled: each call holds one item and nothing of the others, so the
+order in which the calls are made cannot change an answer, and a shuffle would only be a
+seed that changes nothing. Item order can only matter when the items share a context (the
+whole inventory in one conversation, as PsychoBench administers it); that arm is not
+implemented (see README, "Personality evaluation").
 
 Two ways to read an answer:
 
@@ -173,25 +179,19 @@ def _derived_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint32)[0])
 
 
-def run_seed(seed: int, run: int) -> int:
-    """The seed that shuffles the item order of ``run``: derived from (seed, run)."""
-    return _derived_seed(seed, run)
-
-
 def administration_plan(
     inv: Inventory, n_runs: int, seed: int, orders: Sequence[str] = OPTION_ORDERS
 ) -> pd.DataFrame:
     """Every call to make: one row per (run, option order, item), deterministic given ``seed``.
 
-    In each run the items are shuffled with ``run_seed(seed, run)`` (recorded per row as
-    ``run_seed``); the same item order is used for every option order of that run, so the
-    orders differ only in how the options are presented. Each item appears in every listed
-    option order in every run (full counterbalancing). ``call_seed`` is a per-call seed
-    derived from (seed, run, order, item number) for sampling during generation.
+    Each item appears in every listed option order in every run (full counterbalancing),
+    items in inventory order (one item per call: the order of the calls does not matter).
+    ``call_seed`` is a per-call seed derived from (seed, run, order, item number) for
+    sampling during generation; it does not depend on the condition, so conditions are
+    compared under common random numbers.
 
-    Columns: inventory, run (0-based), run_seed, option_order, position (1-based place of
-    the item in the run's order), item_id, item_number, call_seed. Rows are sorted by run,
-    then by ``orders`` as given, then position.
+    Columns: inventory, run (0-based), option_order, item_id, item_number, call_seed. Rows
+    are sorted by run, then by ``orders`` as given, then inventory order.
     """
     if isinstance(n_runs, bool) or not isinstance(n_runs, int) or n_runs < 1:
         raise ValueError(f"n_runs must be a positive integer, got {n_runs!r}")
@@ -205,39 +205,30 @@ def administration_plan(
     for order in orders:
         check_order(order)
 
-    item_ids = np.array(inv.item_ids, dtype=object)
-    item_numbers = np.array([item.number for item in inv.items], dtype=np.int64)
-    n_items = len(item_ids)
-    frames = []
-    for run in range(n_runs):
-        shuffle_seed = run_seed(seed, run)
-        permutation = np.random.default_rng(shuffle_seed).permutation(n_items)
-        for order in orders:
-            numbers = item_numbers[permutation]
-            frames.append(
-                pd.DataFrame(
-                    {
-                        "inventory": inv.name,
-                        "run": run,
-                        "run_seed": shuffle_seed,
-                        "option_order": order,
-                        "position": np.arange(1, n_items + 1),
-                        "item_id": item_ids[permutation],
-                        "item_number": numbers,
-                        "call_seed": [
-                            _derived_seed(seed, run, _ORDER_CODES[order], n) for n in numbers
-                        ],
-                    }
-                )
-            )
+    item_ids = list(inv.item_ids)
+    item_numbers = [item.number for item in inv.items]
+    frames = [
+        pd.DataFrame(
+            {
+                "inventory": inv.name,
+                "run": run,
+                "option_order": order,
+                "item_id": item_ids,
+                "item_number": item_numbers,
+                "call_seed": [
+                    _derived_seed(seed, run, _ORDER_CODES[order], n) for n in item_numbers
+                ],
+            }
+        )
+        for run in range(n_runs)
+        for order in orders
+    ]
     plan = pd.concat(frames, ignore_index=True)
     return plan.astype(
         {
             "inventory": "string",
             "run": "int64",
-            "run_seed": "int64",
             "option_order": "string",
-            "position": "int64",
             "item_id": "string",
             "item_number": "int64",
             "call_seed": "int64",

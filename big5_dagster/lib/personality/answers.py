@@ -3,34 +3,42 @@
 A *condition* is one way of setting the model up: the base model, a prompting baseline
 (trait description, or 10 example replies) for one persona, or a LoRA adapter (SFT/DPO,
 one training seed) selected by the persona instruction it was trained with. Every item of
-every inventory is asked once per run and option order (``administration_plan``) and read
-by two scorers side by side:
+every inventory is asked in every option order (``administration_plan``) and read by two
+scorers side by side:
 
 - ``logprob``: the next-token probabilities of the presented numbers '1'..'5' right after
   the assistant header, mapped back to scale values and renormalized over the options.
   ``value`` is the expected score (sum of v * p_v; it uses the whole distribution, so it
   does not collapse onto the model's favourite digit); ``argmax_score`` is kept beside it
-  and ``option_mass`` records how much probability fell on the options at all. The prompt
-  does not depend on the run, so it is computed once per prompt and copied to every run's
-  row (the call seed then only identifies the row). When the same prompt is also generated
-  from, the log-probabilities are read off the generation's first step (the same forward
-  pass; equal to a separate ``score_options`` call up to float rounding), so both scorers
-  cost one prefill.
+  and ``option_mass`` records how much probability fell on the options at all. An answer
+  whose option mass is below the minimum has status ``low_mass`` and no value
+  (``apply_min_option_mass``). When the same prompt is also generated from, the
+  log-probabilities are read off the generation's first step (the same forward pass; equal
+  to a separate ``score_options`` call up to float rounding), so both scorers cost one
+  prefill.
 - ``generate``: a sampled reply of at most ``max_new_tokens`` tokens, read with the
-  first-integer rule of ``administration.parse_answer``. A reply that cannot be read keeps
+  first-integer rule of ``answer_reading.parse_answer``. A reply that cannot be read keeps
   its raw text, ``value`` NA and a ``parse_status`` saying why; nothing is ever imputed.
   Each reply is sampled with its own random stream seeded by the row's call seed
   (``generation_seed``), so it does not depend on the batch it ran in. The call seed comes
   from (seed, run, option order, item), not from the condition: conditions are compared
   under common random numbers.
 
+Statistical units (METHOD.md section 7): a deterministic scorer (``logprob``, or
+``generate`` without sampling) gives one answer per prompt however many runs are asked for,
+so it gets exactly one row per (condition, item, option order), with ``run`` 0 and no call
+seed; runs are replicates only of sampled answers. Nothing downstream can then count copies
+of one answer as independent respondents.
+
 Caching: every answer row has a ``cache_key``, a hash of everything its value depends on
 (model fingerprint, adapter version, the exact prompt via ``messages_hash``, scorer, scorer
-settings including a hash of the scoring code, and the call seed). ``administer`` computes
-only rows whose key the caller does not already hold, so a rerun after a change (another
-system text, another adapter, new generation settings) recomputes exactly the affected rows.
-``plan_answers`` lists every row a setting asks for, with its key, without a model: the
-current answer set is the caller's stored rows whose keys it lists.
+settings including a hash of the scoring code, and the call seed of a sampled answer).
+``administer`` computes only rows whose key the caller does not already hold, so a rerun
+after a change (another system text, another adapter, new generation settings) recomputes
+exactly the affected rows. ``plan_answers`` lists every row a setting asks for, with its
+key, without a model: the current answer set is the caller's stored rows whose keys it
+lists. The minimum option mass is not in the key: it only sets statuses from the stored
+option mass, so changing it recomputes nothing.
 
 Adapters: the caller attaches the adapter of an SFT/DPO condition to the model (peft) and
 calls ``administer`` once per adapter with that adapter's conditions; one call never mixes
@@ -69,12 +77,18 @@ from big5_dagster.lib.personality.administration import (
     scale_values,
 )
 from big5_dagster.lib.personality.answer_reading import (
+    ANSWER_STATUSES,
+    DEFAULT_MIN_OPTION_MASS,
+    LOW_MASS,
+    PARSE_STATUSES,
     logprob_answers,
+    option_mass_status,
     parse_answer,
     parse_answers,
 )
-from big5_dagster.lib.personality.conditions import SCORERS, Condition
+from big5_dagster.lib.personality.conditions import Condition
 from big5_dagster.lib.personality.inventory import Inventory
+from big5_dagster.lib.personality.methods import SCORERS, is_deterministic
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -160,9 +174,10 @@ def cache_key(
     prompt_hash: str,
     scorer: str,
     scorer_settings: Mapping[str, Any],
-    call_seed: int,
+    call_seed: int | None,
 ) -> str:
-    """Content key of one answer: everything its value depends on."""
+    """Content key of one answer: everything its value depends on (no call seed for a
+    deterministic scorer, whose answer does not depend on one)."""
     return hash_json(
         {
             "model": model_fingerprint,
@@ -170,7 +185,7 @@ def cache_key(
             "messages": prompt_hash,
             "scorer": scorer,
             "settings": dict(scorer_settings),
-            "call_seed": int(call_seed),
+            "call_seed": None if call_seed is None else int(call_seed),
         }
     )
 
@@ -181,9 +196,7 @@ PLAN_COLUMNS: tuple[str, ...] = (
     "item_id",
     "item_number",
     "run",
-    "run_seed",
     "option_order",
-    "position",
     "call_seed",
 )
 
@@ -203,9 +216,7 @@ PROVENANCE_COLUMNS: tuple[str, ...] = (
     "item_id",
     "item_number",
     "run",
-    "run_seed",
     "option_order",
-    "position",
     "call_seed",
     "scorer",
     "scorer_settings",
@@ -243,10 +254,8 @@ _DTYPES: dict[str, str] = {
     "item_id": "string",
     "item_number": "int64",
     "run": "int64",
-    "run_seed": "int64",
     "option_order": "string",
-    "position": "int64",
-    "call_seed": "int64",
+    "call_seed": "Int64",
     "scorer": "string",
     "scorer_settings": "string",
     "raw_text": "string",
@@ -279,8 +288,10 @@ def answer_rows(
 ) -> pd.DataFrame:
     """Every answer row ``plan`` asks for under ``condition``, with provenance and cache key.
 
-    One row per (run, option order, item) of the plan and scorer; the answer columns
-    (raw_text, value, parse_status, p_*, ...) are empty until ``administer`` fills them.
+    One row per (run, option order, item) of the plan and sampling scorer; a deterministic
+    scorer (``is_deterministic``) gets one row per (option order, item): the plan's first
+    run, with no call seed. The answer columns (raw_text, value, parse_status, p_*, ...) are
+    empty until ``administer`` fills them.
     """
     if not scorers:
         raise ValueError("scorers must name at least one scorer")
@@ -309,15 +320,24 @@ def answer_rows(
         scorer_settings = settings.scorer_settings(scorer, inventory)
         settings_text = json.dumps(scorer_settings, sort_keys=True)
         frame = plan[list(PLAN_COLUMNS)].copy()
+        if is_deterministic(scorer, scorer_settings):
+            frame = frame[frame["run"] == frame["run"].min()].copy()
+            frame["call_seed"] = pd.NA
+        frame["call_seed"] = frame["call_seed"].astype("Int64")
         frame["messages_hash"] = [
             prompt_hashes[(i, o)]
             for i, o in zip(frame["item_id"], frame["option_order"], strict=True)
         ]
         frame["cache_key"] = [
             cache_key(
-                settings.model_fingerprint, condition.adapter_version, h, scorer, scorer_settings, s
+                settings.model_fingerprint,
+                condition.adapter_version,
+                h,
+                scorer,
+                scorer_settings,
+                None if s is pd.NA else s,
             )
-            for h, s in zip(frame["messages_hash"], frame["call_seed"], strict=True)
+            for h, s in zip(frame["messages_hash"], frame["call_seed"].astype(object), strict=True)
         ]
         frame["condition"] = condition.label
         frame["method"] = condition.method
@@ -391,6 +411,7 @@ def administer(
     batch_size: int = 16,
     cached_keys: Collection[str] = frozenset(),
     orders: Sequence[str] = OPTION_ORDERS,
+    min_option_mass: float = DEFAULT_MIN_OPTION_MASS,
     progress: ProgressCallback | None = None,
 ) -> pd.DataFrame:
     """Answer every planned item under every condition, computing only uncached rows.
@@ -400,8 +421,9 @@ def administer(
     columns when everything is cached. The rows of one condition, inventory and option order
     share their prompt prefix (system turn, instructions, options, 'Statement:'), so they go
     through ``score_options`` and ``generate_with_shared_prefix`` together, which compute that
-    prefix's KV cache once. The logprob scorer scores each distinct prompt once and copies the
-    answer to every run's row. ``progress(done, total)`` counts model prompts.
+    prefix's KV cache once. A log-probability answer with an option mass below
+    ``min_option_mass`` gets status ``low_mass`` and no value. ``progress(done, total)``
+    counts model prompts.
 
     The caller attaches the adapter of sft/dpo conditions before calling; all conditions of
     one call must need the same adapter (none for base and prompting), else ValueError.
@@ -440,6 +462,7 @@ def administer(
         filled = _answer_group(
             loaded, by_label[label], by_name[inv_name], rows, generation, batch_size
         )
+        filled = apply_min_option_mass(filled, min_option_mass)
         answered.append(filled)
         done += _n_model_prompts(rows)
         if progress is not None:
@@ -533,7 +556,6 @@ def _fill_logprob(
     answers.index = rows.index
     for column in ["expected_score", "argmax_score", "option_mass", *probability_columns(inv)]:
         filled.loc[rows.index, column] = answers[column]
-    filled.loc[rows.index, "value"] = answers["expected_score"]
     filled.loc[rows.index, "top_token"] = loaded.tokenizer.convert_ids_to_tokens(
         [scores_by_prompt[h][1] for h in hashes]
     )
@@ -542,7 +564,21 @@ def _fill_logprob(
         int(map_back(int(v), o, inv))
         for v, o in zip(answers["argmax_score"], rows["option_order"], strict=True)
     ]
-    filled.loc[rows.index, "parse_status"] = "ok"
+
+
+def apply_min_option_mass(rows: pd.DataFrame, min_option_mass: float) -> pd.DataFrame:
+    """The log-probability rows' status and value from their stored option mass: 'ok' with
+    value = expected score at or above ``min_option_mass``, else 'low_mass' with no value.
+    Other scorers' rows are returned unchanged. Pure: stored answers can be re-read under
+    another minimum without a model."""
+    logprob = (rows["scorer"] == "logprob").to_numpy(dtype=bool)
+    if not logprob.any():
+        return rows
+    out = rows.copy()
+    status = option_mass_status(out.loc[logprob, "option_mass"].to_numpy(float), min_option_mass)
+    out.loc[logprob, "parse_status"] = status
+    out.loc[logprob, "value"] = out.loc[logprob, "expected_score"].where(status == "ok")
+    return out
 
 
 def _fill_generated(
@@ -567,41 +603,38 @@ def _fill_generated(
     filled.loc[index, "finish_reason"] = [r.finish_reason for r in results]
 
 
-def answer_quality(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per condition, inventory and scorer: answers, failed parses and their rate, and the
-    mean option mass (logprob) -- the figures the report must show beside any score."""
+def answer_quality(
+    rows: pd.DataFrame, by: Sequence[str] = ("condition", "inventory", "scorer")
+) -> pd.DataFrame:
+    """Per group: answers, failed parses, low-mass answers (log-probability), their rates,
+    the mean value and the mean option mass: the figures the report must show beside any
+    score. Every answer without a value is one of these two kinds of failure."""
     if rows.empty:
         raise ValueError("answer_quality got no rows")
-    keys = ["condition", "inventory", "scorer"]
-    grouped = rows.groupby(keys, sort=True)
+    status = rows["parse_status"].astype(object)
+    unknown = sorted(set(status.dropna()) - set(ANSWER_STATUSES))
+    if unknown:
+        raise ValueError(f"answer rows hold unknown statuses {unknown}: expected {ANSWER_STATUSES}")
+    frame = rows.assign(
+        _parse_failed=(status.isin(PARSE_STATUSES) & (status != "ok")).astype(int),
+        _low_mass=(status == LOW_MASS).astype(int),
+    )
+    grouped = frame.groupby(list(by), sort=True)
     summary = pd.DataFrame(
         {
             "n_answers": grouped.size(),
-            "n_failed": grouped["parse_status"].agg(lambda s: int((s != "ok").sum())),
+            "n_failed": grouped["_parse_failed"].sum(),
+            "n_low_mass": grouped["_low_mass"].sum(),
             "mean_value": grouped["value"].mean(),
             "mean_option_mass": grouped["option_mass"].mean(),
         }
     ).reset_index()
     summary["failure_rate"] = summary["n_failed"] / summary["n_answers"]
+    summary["low_mass_rate"] = summary["n_low_mass"] / summary["n_answers"]
     return summary
 
 
-def scorer_quality(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per scorer: answers, failed parses and their rate, mean option mass."""
-    quality = (
-        rows.groupby("scorer")
-        .agg(
-            answers=("cache_key", "size"),
-            failed=("parse_status", lambda s: int((s != "ok").sum())),
-            mean_option_mass=("option_mass", "mean"),
-        )
-        .reset_index()
-    )
-    quality["failure_rate"] = quality.failed / quality.answers
-    return quality
-
-
 def sorted_answers(rows: pd.DataFrame) -> pd.DataFrame:
-    """Answer rows in their stored order: condition, inventory, scorer, run, order, position."""
-    keys = ["condition", "inventory", "scorer", "run", "option_order", "position"]
+    """Answer rows in their stored order: condition, inventory, scorer, run, order, item."""
+    keys = ["condition", "inventory", "scorer", "run", "option_order", "item_number"]
     return rows.sort_values(keys, kind="stable").reset_index(drop=True)

@@ -18,9 +18,6 @@ from big5_dagster.lib.personality.methods import ADAPTER_METHODS, METHODS, NO_PE
 from big5_dagster.lib.prompts import persona_description, persona_instruction
 from big5_dagster.lib.traits import PERSONAS, Persona
 
-SCORERS: tuple[str, ...] = ("logprob", "generate")
-
-
 N_DEMONSTRATIONS = 10
 
 

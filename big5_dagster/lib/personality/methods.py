@@ -1,7 +1,21 @@
-"""The evaluated methods (one method partition each) and the persona of the base condition."""
+"""The evaluated methods (one method partition each), the persona of the base condition, and
+the scorers that read an answer."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 METHODS: tuple[str, ...] = ("base", "prompt_description", "prompt_demonstrations", "sft", "dpo")
 ADAPTER_METHODS: tuple[str, ...] = ("sft", "dpo")
 NO_PERSONA = "none"
+SCORERS: tuple[str, ...] = ("logprob", "generate")
+
+
+def is_deterministic(scorer: str, scorer_settings: Mapping[str, Any]) -> bool:
+    """Whether ``scorer`` with these settings gives the same answer to a prompt every time:
+    option log-probabilities always; generate-and-parse when it does not sample. Its runs
+    would then be copies, not replicates (METHOD.md section 7, "Statistical units")."""
+    if scorer not in SCORERS:
+        raise ValueError(f"unknown scorer {scorer!r}: expected one of {list(SCORERS)}")
+    return scorer == "logprob" or not scorer_settings.get("do_sample", True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 
@@ -30,50 +32,98 @@ def _benchmark_label(task: str, metric: str, filter_name: str) -> str:
     )
 
 
-def reasoning_by_trait(results_per_condition: pd.DataFrame) -> pd.DataFrame:
+def _seed_key(seed: object) -> str:
+    # 1, 1.0 (a column with NAs) and "1" are one seed.
+    return "none" if pd.isna(seed) else str(int(float(seed)))
+
+
+def _with_persona_parts(table: pd.DataFrame, what: str) -> pd.DataFrame:
+    """The rows with a persona (None, '' and 'none' are the base model), with its trait and
+    level, a seed key (adapter_seed, 'none' without one) and the filter filled."""
+    frame = table.copy()
+    if "adapter_seed" not in frame.columns:
+        frame["adapter_seed"] = None
+    no_persona = frame["persona"].isna() | frame["persona"].astype(str).str.lower().isin(
+        ["", "none"]
+    )
+    frame = frame[~no_persona]
+    traits, levels = [], []
+    for index, key in frame["persona"].items():
+        try:
+            persona = Persona.parse(str(key))
+        except ValueError as e:
+            raise ReasoningError(f"{what} row {index}: field 'persona': {e}") from e
+        traits.append(persona.trait)
+        levels.append(persona.level)
+    frame["trait"], frame["level"] = traits, levels
+    frame["seed_key"] = frame["adapter_seed"].map(_seed_key)
+    frame["filter"] = frame["filter"].fillna(NO_FILTER).astype(str)
+    return frame
+
+
+SAMPLE_KEYS: tuple[str, ...] = ("task", "doc_id")
+"""One item of a benchmark in the per-sample logs: the lm-eval (leaf) task and its doc id."""
+
+
+def _paired_item_differences(samples: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
+    """Per method, benchmark, metric, filter, trait, adapter seed and item: the high persona's
+    per-item metric minus the low persona's, from the logged samples (``reasoning_samples``:
+    benchmark, task, doc_id, filter, persona, one column per metric). Long form: method,
+    benchmark, metric, filter, trait, seed_key, task, doc_id, d."""
+    required = ["method", "persona", "benchmark", "task", "doc_id", "filter"]
+    missing = [c for c in required if c not in samples.columns]
+    if missing:
+        raise ReasoningError(f"samples table is missing column(s) {missing}")
+    frame = _with_persona_parts(samples, "samples table")
+    metrics = [m for m in metrics if m in frame.columns]
+    keys = ["method", "benchmark", "filter", "trait", "seed_key", *SAMPLE_KEYS]
+    long = frame.melt(
+        id_vars=[*keys, "level"], value_vars=metrics, var_name="metric", value_name="v"
+    )
+    long = long.dropna(subset=["v"])
+    wide = long.pivot_table(
+        index=[*keys, "metric"], columns="level", values="v", aggfunc="first"
+    ).reindex(columns=["high", "low"])
+    wide = wide.dropna()
+    return (wide["high"] - wide["low"]).rename("d").reset_index()
+
+
+def reasoning_by_trait(
+    results_per_condition: pd.DataFrame, samples: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """High minus low per method, benchmark and trait, with a 95% confidence interval.
 
     Input: one row per condition and score with columns method, persona ('<trait>_<level>';
     rows without a persona (None, '' or 'none': the base model) are skipped), task, metric, value,
     stderr, n, and optionally adapter_seed, filter, higher_is_better. A benchmark is
-    (task, metric, filter).
+    (task, metric, filter). ``samples``: the per-sample logs of the same runs
+    (``reasoning_samples``: method, persona, adapter_seed, benchmark (= the results' task),
+    task (lm-eval leaf task), doc_id, filter and one column per metric).
 
-    Uncertainty: per adapter seed s the difference is d_s = v_high,s - v_low,s with item
-    variance se_s^2 = se_high,s^2 + se_low,s^2 (treating the two runs as independent,
-    which is conservative when they share items). One seed (or none: prompting methods):
-    se = se_s. Several seeds: diff = mean_s d_s and
-    se = sqrt(var_s(d_s) / k + mean_s se_s^2): the first term is the spread between
-    training seeds, the second the item sampling variance, which does not shrink with more
-    seeds because every seed answers the same items. CI = diff +- 1.96 se.
+    Uncertainty: the high and low persona answer the same items, so the difference is
+    paired. Per adapter seed s and item i (from ``samples``): d_is = metric of i under high
+    minus under low; d_s = mean_i d_is. Item term: se_items = sd_i(dbar_i) / sqrt(n_items),
+    with dbar_i the item's difference averaged over the seeds (with one seed, or none for the
+    prompting methods, the paired standard error). Seed term (several seeds):
+    se_seeds = sd_s(d_s) / sqrt(k), the spread between training seeds.
+    se = sqrt(se_items^2 + se_seeds^2) (the item term does not shrink with more seeds, since
+    every seed answers the same items). diff = mean_s d_s. CI = diff +- 1.96 se. Without
+    per-sample values for a benchmark (no samples, or a metric that is not a per-item mean)
+    the item term falls back to sqrt(mean_s (se_high,s^2 + se_low,s^2)), treating the two
+    runs as independent (conservative when they share items); ``pairing`` says which.
 
     Output columns: method, benchmark, task, metric, filter, trait, preferred_level,
-    high, low, diff, se, ci_low, ci_high, n_seeds, se_items, se_seeds, n_high, n_low,
-    higher_is_better, in_preferred_direction (None for openness).
+    high, low, diff, se, ci_low, ci_high, n_seeds, se_items, se_seeds, pairing, n_items,
+    n_high, n_low, higher_is_better, in_preferred_direction (None for openness).
     """
     df = results_per_condition
     missing = [c for c in _BY_TRAIT_REQUIRED if c not in df.columns]
     if missing:
         raise ReasoningError(f"results table is missing column(s) {missing}")
-    df = df.copy()
-    if "filter" not in df.columns:
-        df["filter"] = NO_FILTER
-    if "adapter_seed" not in df.columns:
-        df["adapter_seed"] = None
+    df = df.assign(filter=df["filter"] if "filter" in df.columns else NO_FILTER)
     if "higher_is_better" not in df.columns:
         df["higher_is_better"] = True
-    no_persona = df["persona"].isna() | df["persona"].astype(str).str.lower().isin(["", "none"])
-    df = df[~no_persona]
-    traits, levels = [], []
-    for index, key in df["persona"].items():
-        try:
-            persona = Persona.parse(str(key))
-        except ValueError as e:
-            raise ReasoningError(f"results table row {index}: field 'persona': {e}") from e
-        traits.append(persona.trait)
-        levels.append(persona.level)
-    df["trait"], df["level"] = traits, levels
-    df["seed_key"] = df["adapter_seed"].map(lambda s: "none" if pd.isna(s) else str(s))
-    df["filter"] = df["filter"].fillna(NO_FILTER).astype(str)
+    df = _with_persona_parts(df, "results table")
     keys = ["method", "task", "metric", "filter", "trait", "seed_key", "level"]
     duplicated = df.duplicated(keys, keep=False)
     if duplicated.any():
@@ -100,6 +150,14 @@ def reasoning_by_trait(results_per_condition: pd.DataFrame) -> pd.DataFrame:
         dropna=False,
     )
     higher = df.groupby(["method", "task", "metric", "filter"])["higher_is_better"].first()
+    paired_items = (
+        _paired_item_differences(samples, list(df["metric"].unique()))
+        if samples is not None and len(samples)
+        else pd.DataFrame(columns=["method", "benchmark", "metric", "filter", "trait", "seed_key"])
+    )
+    paired_groups = dict(
+        iter(paired_items.groupby(["method", "benchmark", "metric", "filter", "trait"], sort=False))
+    )
     rows = []
     for (method, task, metric, filter_name, trait), seeds in wide.groupby(
         level=["method", "task", "metric", "filter", "trait"]
@@ -108,9 +166,26 @@ def reasoning_by_trait(results_per_condition: pd.DataFrame) -> pd.DataFrame:
         if paired.empty:
             continue
         d = paired[("value", "high")] - paired[("value", "low")]
-        item_var = paired[("stderr", "high")] ** 2 + paired[("stderr", "low")] ** 2
-        k = len(paired)
-        se_items = float(np.sqrt(item_var.mean()))
+        seeds_used = list(paired.index.get_level_values("seed_key"))
+        items = paired_groups.get((method, task, metric, filter_name, trait))
+        if items is not None:
+            items = items[items["seed_key"].isin(seeds_used)]
+        if items is not None and set(items["seed_key"]) == set(seeds_used):
+            # Paired per-item differences; only items answered under every seed.
+            by_item = items.pivot_table(
+                index=list(SAMPLE_KEYS), columns="seed_key", values="d", aggfunc="first"
+            ).dropna()
+            d = by_item.mean(axis=0)
+            item_means = by_item.mean(axis=1)
+            n_items = len(item_means)
+            se_items = float(item_means.std(ddof=1) / np.sqrt(n_items)) if n_items > 1 else np.nan
+            pairing = "paired_items"
+        else:
+            item_var = paired[("stderr", "high")] ** 2 + paired[("stderr", "low")] ** 2
+            se_items = float(np.sqrt(item_var.mean()))
+            n_items = None
+            pairing = "unpaired"
+        k = len(d)
         se_seeds = float(d.std(ddof=1) / np.sqrt(k)) if k > 1 else 0.0
         se = float(np.sqrt(se_seeds**2 + se_items**2))
         diff = float(d.mean())
@@ -140,6 +215,8 @@ def reasoning_by_trait(results_per_condition: pd.DataFrame) -> pd.DataFrame:
                 "n_seeds": k,
                 "se_items": se_items,
                 "se_seeds": se_seeds,
+                "pairing": pairing,
+                "n_items": n_items,
                 "n_high": int(paired[("n", "high")].sum()),
                 "n_low": int(paired[("n", "low")].sum()),
                 "higher_is_better": higher_is_better,
@@ -148,8 +225,8 @@ def reasoning_by_trait(results_per_condition: pd.DataFrame) -> pd.DataFrame:
         )
     columns = [
         "method", "benchmark", "task", "metric", "filter", "trait", "preferred_level", "high",
-        "low", "diff", "se", "ci_low", "ci_high", "n_seeds", "se_items", "se_seeds", "n_high",
-        "n_low", "higher_is_better", "in_preferred_direction",
+        "low", "diff", "se", "ci_low", "ci_high", "n_seeds", "se_items", "se_seeds", "pairing",
+        "n_items", "n_high", "n_low", "higher_is_better", "in_preferred_direction",
     ]  # fmt: skip
     out = pd.DataFrame(rows, columns=columns)
     trait_order = {t: i for i, t in enumerate(TRAITS)}

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from big5_dagster.lib.dialogues.schema import FLAG_NAMES
+from big5_dagster.lib.personality import correlations as validity
 from big5_dagster.lib.personality import human_reference
 from big5_dagster.lib.report import plots
 from big5_dagster.lib.traits import TRAITS
@@ -223,9 +224,13 @@ def _inventory_scores(data: ReportData) -> Section:
         return section
     (scores,) = found
     section.text(
-        "Mean trait score (95% CI over runs, option orders and adapter seeds) of each "
-        "trait's high and low persona and of the base model, per method; the grey band is "
-        "the human norm (mean ± 1 SD, source in personality_inventory_norms)."
+        "Mean trait score of each trait's high and low persona and of the base model, per "
+        "method, with a 95% t-interval over the independent units (column unit): the items "
+        "of the trait for log-probability answers (deterministic: one answer per prompt), "
+        "the sampled runs for generate-and-parse, the adapter seeds for sft and dpo (two "
+        "stages: within seed, then across seeds; one seed gives no interval, drawn without "
+        "a bar). Both option orders are averaged within every unit. The grey band is the "
+        "human norm (mean ± 1 SD, source in personality_inventory_norms)."
     )
     for (scorer, inventory), rows in scores.groupby(["scorer", "inventory"]):
         section.image(
@@ -243,10 +248,11 @@ def _inventory_scores(data: ReportData) -> Section:
                 "inventory",
                 "persona",
                 "trait",
+                "unit",
+                "n_units",
                 "mean",
                 "ci_low",
                 "ci_high",
-                "n",
                 "human_mean",
                 "human_sd",
             ]
@@ -273,9 +279,13 @@ def _separation(data: ReportData) -> Section:
         .reset_index()
     )
     section.text(
-        "Score of the high persona minus the low persona on its own trait (Cohen's d uses "
-        "the pooled SD). At 135M parameters little separation is expected; the numbers are "
-        "shown as measured."
+        "Score of the high persona minus the low persona on its own trait: the raw "
+        "difference on the inventory's scale with a 95% interval, paired over the units both "
+        "personas answered (the same items, runs or adapter seeds). Cohen's d here divides "
+        "that difference by the SD across the units (d_scaled_by: decoding noise for runs, "
+        "item spread for items, seed spread for seeds), not by a person-level SD: it is not "
+        "comparable to a human effect size; read the raw difference. At 135M parameters "
+        "little separation is expected; the numbers are shown as measured."
     )
     section.table(
         target[
@@ -284,10 +294,15 @@ def _separation(data: ReportData) -> Section:
                 "method",
                 "inventory",
                 "trait",
+                "unit",
+                "n_pairs",
                 "mean_high",
                 "mean_low",
                 "difference",
+                "diff_ci_low",
+                "diff_ci_high",
                 "cohens_d",
+                "d_scaled_by",
             ]
         ]
     )
@@ -344,25 +359,61 @@ def _correlations(data: ReportData) -> Section:
     matrices, distance = found
     source = human_reference.HUMAN_TRAIT_CORRELATIONS_SOURCE.citation
     section.text(
-        "Correlations of the five trait scores across the 10 personas (the paper's matrix), "
-        f"beside the human reference: {source}. Distance is the Frobenius norm of the "
-        "difference with a bootstrap 95% CI."
+        "Correlations of the five trait scores across the 10 personas (the paper's matrix; "
+        f"sft and dpo: the mean over adapter seeds), beside the human reference: {source}. "
+        "Distance is the Frobenius norm of the difference. Noise in the persona means "
+        "inflates it, so it is shown raw and bias-corrected (the squared distance less its "
+        "bootstrap bias), with a basic bootstrap 95% interval of the squared distance over "
+        "the independent units (items resampled within trait for all personas at once, runs "
+        "within persona, adapter seeds jointly; every resampled unit carries both option "
+        "orders). No interval where the units are too few to resample (one run; three seeds)."
     )
     section.table(distance.drop(columns=["reference"], errors="ignore"))
     human = human_reference.human_trait_correlations()
     for (scorer, inventory), rows in matrices.groupby(["scorer", "inventory"]):
         shown = {"human": human}
         for method, part in rows.groupby("method"):
-            first_seed = part[part.adapter_seed == part.adapter_seed.min()]
-            wide = first_seed.pivot(index="trait_a", columns="trait_b", values="r")
+            wide = part.pivot(index="trait_a", columns="trait_b", values="r")
             shown[method] = wide.reindex(index=list(TRAITS), columns=list(TRAITS))
         section.image(
             plots.heatmaps(shown, f"{inventory}, scorer {scorer}"),
             f"correlation heatmaps {inventory} {scorer}",
         )
-    convergent = data.table("convergent_validity")
-    if convergent is not None:
-        section.table(convergent, "BFI-IPIP convergent correlation of each trait")
+    return section
+
+
+def _validity(data: ReportData) -> Section:
+    section = Section("validity", "Convergent and discriminant validity (MTMM)")
+    found = section.require(data, "mtmm_validity")
+    if found is None:
+        return section
+    (mtmm,) = found
+    reference = "; ".join(
+        f"{who}: convergent {c:.2f}, discriminant {d:.2f}"
+        for who, (c, d) in validity.SERAPIO_GARCIA_MTMM.items()
+    )
+    section.text(
+        "Multitrait-multimethod validity of the two inventories per method and scorer, "
+        "across the personas' trait means: the convergent r of each trait (the same trait on "
+        "the other inventory) and the mean discriminant correlation over the 20 "
+        "heterotrait-heteromethod pairs (mean |r| and mean r), each with a BCa bootstrap 95% "
+        "interval over the units. Good validity: high convergent, low discriminant. "
+        f"Reference (Serapio-García et al. 2025, IPIP-NEO against BFI): {reference}. "
+        f"{validity.SERAPIO_GARCIA_MTMM_SOURCE}."
+    )
+    summary = mtmm[mtmm.measure != "convergent"]
+    convergent = (
+        mtmm[mtmm.measure == "convergent"]
+        .groupby(["scorer", "method", "inventory_a", "inventory_b"])
+        .r.mean()
+        .rename("mean_convergent_r")
+        .reset_index()
+    )
+    section.table(convergent, "mean convergent r over the five traits")
+    section.table(
+        summary.drop(columns=["trait"]), "discriminant: heterotrait-heteromethod correlations"
+    )
+    section.table(mtmm[mtmm.measure == "convergent"], "convergent r per trait", digits=2)
     return section
 
 
@@ -383,8 +434,10 @@ def _reasoning(data: ReportData) -> Section:
     section.text("lm-evaluation-harness scores averaged over the conditions of each method.")
     section.table(overview)
     section.text(
-        "High minus low persona per benchmark and trait (95% CI), and the paper's direction "
-        "count: on how many benchmarks high C, high A, low E and low N score better."
+        "High minus low persona per benchmark and trait (95% CI, paired over the items both "
+        "personas answered, from the per-sample logs; across adapter seeds for sft and dpo), "
+        "and the paper's direction count: on how many benchmarks high C, high A, low E and "
+        "low N score better."
     )
     section.table(counts)
     shown = by_trait.assign(label=by_trait.method + " · " + by_trait.task + " · " + by_trait.trait)
@@ -403,13 +456,21 @@ def _parse_failures(data: ReportData) -> Section:
     (scores,) = found
     rates = (
         scores.groupby(["scorer", "method", "inventory"])
-        .agg(failed=("n_failed", "sum"), answered=("n_answered", "sum"))
+        .agg(
+            failed=("n_failed", "sum"),
+            low_mass=("n_low_mass", "sum"),
+            answered=("n_answered", "sum"),
+            scores_missing=("n_below_min_share", "sum"),
+        )
         .reset_index()
     )
     rates["failure_rate"] = rates.failed / (rates.failed + rates.answered)
+    rates["low_mass_rate"] = rates.low_mass / (rates.failed + rates.answered)
     section.text(
-        "Answers that could not be parsed (generate-and-parse) or carried no option "
-        "(log-probability) are counted here and left out of every score."
+        "Answers that could not be parsed (generate-and-parse) or put less than the minimum "
+        "probability on the options (log-probability, low_mass; counted within failed) are "
+        "counted here and left out of every score. A trait score with fewer than the "
+        "minimum share of its items answered is missing (scores_missing), not prorated."
     )
     section.table(rates)
     rates["condition"] = rates.method + " · " + rates.inventory
@@ -485,6 +546,7 @@ SECTIONS: tuple[Callable[[ReportData], Section], ...] = (
     _separation,
     _reliability,
     _correlations,
+    _validity,
     _reasoning,
     _parse_failures,
     _costs,
