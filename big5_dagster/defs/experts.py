@@ -59,7 +59,9 @@ def build(settings: Settings) -> Stage:
         posts = artifacts.read_posts(store)
         folder = store.asset_dir("trait_classifier")
         model = make_classifier(
-            specs.classifier_spec(config), work_dir=folder.parent / ".trait_classifier-work"
+            specs.classifier_spec(config),
+            work_dir=folder.parent / ".trait_classifier-work",
+            progress=context.log.info,
         )
         context.log.info(
             f"fitting a {model.kind} classifier on the train split of {len(posts)} posts"
