@@ -99,6 +99,13 @@ def test_an_edit_to_the_inventory_prompt_leaves_the_dialogues_fresh(baseline, ed
     assert not stale & {"scenario_openers", "big5_chat_replies", "sft_examples", "trait_experts"}
 
 
+def test_an_edit_to_a_plot_makes_only_the_report_stale(baseline, edit):
+    # Training, evaluation and reasoning assets draw plots into their metadata: a new
+    # colour must not retrain an adapter, but the report, made of plots, is redrawn.
+    edit("big5_dagster.lib.report.plots", 'cmap="RdBu_r"', 'cmap="PuOr_r"')
+    assert changed(baseline, code_versions()) == {"big5_report"}
+
+
 def test_an_edit_to_a_phrase_bank_makes_the_posts_stale(baseline, monkeypatch):
     read = code_version._data_bytes
 
