@@ -5,14 +5,14 @@ import logging
 import re
 import subprocess
 import sys
-from datetime import datetime
 
 import dagster as dg
 import pytest
+from test_warehouse import _record as lineage_record
 
 from big5_dagster import cli, paths
 from big5_dagster.dagster_home import LIBRARY_LOGGERS, missing_log_settings
-from big5_dagster.lib.common.lineage import InputVersion, MaterializationRecord
+from big5_dagster.lib.common.lineage import InputVersion
 from big5_dagster.resources.warehouse import Warehouse
 
 
@@ -63,18 +63,7 @@ def test_settings_into_a_closed_pipe_ends_without_a_traceback():
 
 
 def _record(asset, version, inputs=(), partition=None, minute=0):
-    when = datetime(2026, 1, 1, 12, minute)
-    return MaterializationRecord(
-        asset=asset,
-        partition=partition,
-        run_id=f"run{minute:05d}",
-        code_version="c1",
-        data_version=version,
-        started_at=when,
-        ended_at=when,
-        row_count=1,
-        inputs=tuple(inputs),
-    )
+    return lineage_record(asset, version, inputs, partition, run=f"run{minute:05d}", minute=minute)
 
 
 @pytest.fixture
