@@ -36,7 +36,6 @@ $(DBT_MANIFEST): $(STAMP) $(DBT_FILES)
 setup: $(STAMP) $(DBT_MANIFEST)
 
 demo: setup
-	@mkdir -p $(DAGSTER_HOME)
 	$(BIN)/big5 demo
 
 test: setup
@@ -52,9 +51,9 @@ format: setup
 	$(BIN)/ruff check --fix big5_dagster tests scripts
 
 # The web UI and the daemon (schedules, sensors, backfills), bound to $(HOST).
+# The instance file (big5_dagster/dagster_home.py) sends library logs to the run log.
 ui: setup
-	@mkdir -p $(DAGSTER_HOME)
-	@test -f $(DAGSTER_HOME)/dagster.yaml || printf 'telemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
+	@$(BIN)/python -m big5_dagster.dagster_home $(DAGSTER_HOME) > /dev/null
 	@echo "Dagster UI on http://$(HOST):$(PORT) (DAGSTER_HOME=$(DAGSTER_HOME)); Ctrl-C stops both"
 	@trap 'kill 0' INT TERM EXIT; \
 	$(BIN)/dagster-daemon run -w workspace.yaml & \

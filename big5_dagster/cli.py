@@ -1,4 +1,4 @@
-"""The `big5` command: demo, lineage, settings."""
+"""The `big5` command: run the pipeline, trace results, benchmark, import PsychoBench results."""
 
 from __future__ import annotations
 
@@ -13,12 +13,11 @@ from big5_dagster import paths
 
 
 def _prepare_dagster_home(root: Path) -> Path:
-    """Use DAGSTER_HOME if set, else <data dir>/dagster_home (created with a dagster.yaml)."""
-    home = Path(os.environ.get("DAGSTER_HOME") or paths.dagster_home(root))
-    home.mkdir(parents=True, exist_ok=True)
-    config = home / "dagster.yaml"
-    if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\n")
+    """Use DAGSTER_HOME if set, else <data dir>/dagster_home (created with the project's
+    dagster.yaml)."""
+    from big5_dagster.dagster_home import prepare_dagster_home
+
+    home = prepare_dagster_home(Path(os.environ.get("DAGSTER_HOME") or paths.dagster_home(root)))
     os.environ["DAGSTER_HOME"] = str(home)
     return home
 
@@ -46,7 +45,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
-    from big5_dagster.lib.common.lineage import format_tree, lineage_tree
+    from big5_dagster.lib.common.lineage import format_tree, lineage_tree, tree_json
 
     warehouse = _resources()["warehouse"]
     db = Path(warehouse.path)
@@ -63,7 +62,10 @@ def cmd_lineage(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    print(format_tree(tree))
+    if args.format == "json":
+        print(json.dumps(tree_json(tree, args.depth), indent=2))
+    else:
+        print(format_tree(tree, args.depth))
     return 0
 
 
@@ -178,38 +180,55 @@ def cmd_bench_inventory(args: argparse.Namespace) -> int:
 
 
 def cmd_import_psychobench(args: argparse.Namespace) -> int:
-    """Score a PsychoBench result file, store its rows in the warehouse, print the summary."""
-    import pandas as pd
+    """Materialize psychobench_results with this file added to the configured imports, then
+    print the file's scores."""
+    import dagster as dg
 
-    from big5_dagster.lib.common.hashing import hash_file
+    from big5_dagster.config import load_settings
+    from big5_dagster.definitions import build_definitions
     from big5_dagster.lib.common.jsonable import jsonable
-    from big5_dagster.lib.personality.psychobench import load_psychobench_questionnaire
-    from big5_dagster.lib.personality.psychobench_results import (
-        read_psychobench_results,
-        score_psychobench,
-    )
 
-    questionnaire = load_psychobench_questionnaire(args.questionnaire, args.name)
-    results = read_psychobench_results(args.results)
-    summary = score_psychobench(results, questionnaire)
+    settings = load_settings()
+    root = paths.data_dir(settings.data_dir)
     source = str(Path(args.results).resolve())
-    rows = results.assign(
-        source_file=source,
-        source_version=hash_file(Path(args.results)),
-        questionnaire=args.name,
-        questionnaire_file=str(Path(args.questionnaire).resolve()),
+    imports = [
+        f.model_dump()
+        for f in settings.psychobench.imports
+        if str(Path(f.results).resolve()) != source
+    ]
+    imports.append(
+        {"results": args.results, "questionnaire": args.questionnaire, "name": args.name}
     )
-    categories = pd.DataFrame([{"category": c, **stats} for c, stats in summary.items()]).assign(
-        source_file=source, questionnaire=args.name
-    )
-    warehouse = _resources()["warehouse"]
-    # Re-importing a file replaces its rows: the import is idempotent.
-    warehouse.replace_rows("psychobench_answers", rows, where={"source_file": source})
-    warehouse.replace_rows("psychobench_scores", categories, where={"source_file": source})
+    defs = build_definitions(settings, root)
+    _prepare_dagster_home(root)
+    with dg.DagsterInstance.get() as instance:
+        result = dg.materialize(
+            [defs.get_assets_def("psychobench_results")],
+            instance=instance,
+            resources=defs.resources,
+            run_config={"ops": {"psychobench_results": {"config": {"imports": imports}}}},
+            tags={"big5/command": "import-psychobench"},
+            raise_on_error=False,
+        )
+    if not result.success:
+        failure = next(e for e in result.all_events if e.is_step_failure)
+        error = failure.step_failure_data.error
+        cause = error.cause or error  # the user's error, not Dagster's wrapper
+        print(f"import failed: {cause.message.strip()}", file=sys.stderr)
+        return 1
+    warehouse = defs.resources["warehouse"]
+    scores = warehouse.query("SELECT * FROM psychobench_scores WHERE source_file = ?", [source])
     if args.format == "json":
-        print(json.dumps(jsonable(summary), indent=2, allow_nan=False))
+        by_category = scores.drop(columns=["source_file", "questionnaire"]).set_index("category")
+        print(json.dumps(jsonable(by_category.to_dict("index")), indent=2, allow_nan=False))
     else:
-        print(categories.drop(columns=["source_file"]).to_string(index=False))
+        print(scores.drop(columns=["source_file"]).to_string(index=False))
+    if len(imports) > len(settings.psychobench.imports):
+        print(
+            f"stored (run {result.run_id[:8]}); add the file to psychobench.imports in your "
+            "settings to keep it when psychobench_results is materialized from the UI",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -220,57 +239,97 @@ def cmd_settings(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("big5-dagster")
+    except PackageNotFoundError:  # run from a checkout that is not installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="big5", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser("demo", help="materialize every missing or stale asset of the profile")
     demo.add_argument("--force", action="store_true", help="rematerialize everything")
     demo.set_defaults(func=cmd_demo)
 
-    lin = sub.add_parser("lineage", help="print the upstream lineage tree of an asset")
-    lin.add_argument("asset")
-    lin.add_argument("--partition", default=None)
+    lin = sub.add_parser(
+        "lineage",
+        help="print the upstream lineage tree of an asset",
+        description="The upstream lineage of the latest materialization of ASSET, from the "
+        "warehouse's lineage schema. A materialization read along several paths is described "
+        "once; later it is one line marked '(repeat, shown above)'.",
+    )
+    lin.add_argument("asset", help="asset name, e.g. inventory_scores")
+    lin.add_argument("--partition", default=None, help="partition key of a partitioned asset")
+    lin.add_argument(
+        "--depth",
+        type=int,
+        default=None,
+        help="levels of inputs to show (default: all the way to the corpora)",
+    )
+    lin.add_argument("--format", choices=["text", "json"], default="text", help="output format")
     lin.set_defaults(func=cmd_lineage)
 
     bench = sub.add_parser("bench", help="benchmarks that print figures")
-    bench_sub = bench.add_subparsers(dest="benchmark", required=True)
+    bench_sub = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     bd = bench_sub.add_parser(
         "dexperts", help="tokens/s of plain vs DExperts generation (same prompts and lengths)"
     )
-    bd.add_argument("--batch-size", type=int, default=8)
-    bd.add_argument("--max-new-tokens", type=int, default=48)
+    bd.add_argument("--batch-size", type=int, default=8, help="prompts per generation batch")
+    bd.add_argument(
+        "--max-new-tokens", type=int, default=48, help="tokens generated per prompt (no early stop)"
+    )
     bd.add_argument("--requests", type=int, default=16, help="prompts per timed run")
-    bd.add_argument("--repeats", type=int, default=2)
-    bd.add_argument("--persona", default="extraversion_high")
+    bd.add_argument(
+        "--repeats", type=int, default=2, help="timed runs of each; tokens/s uses the median"
+    )
+    bd.add_argument(
+        "--persona", default="extraversion_high", help="persona of the replies (trait_level)"
+    )
     bd.add_argument(
         "--adapter",
         type=Path,
         default=None,
         help="a LoRA expert folder (default: a random adapter of the same shape)",
     )
-    bd.add_argument("--seed", type=int, default=0)
+    bd.add_argument("--seed", type=int, default=0, help="seed of the prompts and the sampling")
     bd.add_argument("--json", action="store_true", help="also print all figures as JSON")
     bd.set_defaults(func=cmd_bench_dexperts)
 
     bt = bench_sub.add_parser(
         "training", help="tokens/s of the SFT step through Dagster vs a plain TRL script"
     )
-    bt.add_argument("--examples", type=int, default=64)
-    bt.add_argument("--seed", type=int, default=42)
-    bt.add_argument("--json", action="store_true")
+    bt.add_argument(
+        "--examples", type=int, default=64, help="SFT examples trained on (from sft_examples)"
+    )
+    bt.add_argument("--seed", type=int, default=42, help="seed of the sample and the adapter")
+    bt.add_argument("--json", action="store_true", help="also print all figures as JSON")
     bt.set_defaults(func=cmd_bench_training)
 
     bi = bench_sub.add_parser(
         "inventory", help="items/s of option log-probability vs generate-and-parse scoring"
     )
-    bi.add_argument("--inventory", default="bfi44", choices=["bfi44", "ipip_neo_120"])
+    bi.add_argument(
+        "--inventory",
+        default="bfi44",
+        choices=["bfi44", "ipip_neo_120"],
+        help="inventory whose items are scored",
+    )
     bi.add_argument("--items", type=int, default=None, help="first N items (default: all)")
-    bi.add_argument("--batch-size", type=int, default=16)
-    bi.add_argument("--max-new-tokens", type=int, default=8)
-    bi.add_argument("--repeats", type=int, default=2)
-    bi.add_argument("--seed", type=int, default=0)
-    bi.add_argument("--json", action="store_true")
+    bi.add_argument("--batch-size", type=int, default=16, help="prompts per batch")
+    bi.add_argument(
+        "--max-new-tokens", type=int, default=8, help="generate-and-parse: token cap per answer"
+    )
+    bi.add_argument(
+        "--repeats", type=int, default=2, help="timed runs of each; items/s uses the median"
+    )
+    bi.add_argument("--seed", type=int, default=0, help="seed of the sampled answers")
+    bi.add_argument("--json", action="store_true", help="also print all figures as JSON")
     bi.set_defaults(func=cmd_bench_inventory)
 
     ipb = sub.add_parser(
@@ -280,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     ipb.add_argument("results", help="a result CSV as PsychoBench writes it")
     ipb.add_argument("--questionnaire", required=True, help="PsychoBench questionnaires JSON")
     ipb.add_argument("--name", required=True, help="the questionnaire's name in that file")
-    ipb.add_argument("--format", choices=["json", "table"], default="json")
+    ipb.add_argument("--format", choices=["json", "table"], default="json", help="output format")
     ipb.set_defaults(func=cmd_import_psychobench)
 
     st = sub.add_parser("settings", help="print the effective settings of the active profile")
@@ -297,6 +356,11 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as e:
         print(str(e), file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader stopped early (`big5 settings | head`): end quietly, as Unix tools do.
+        # Point stdout at devnull so the interpreter's final flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

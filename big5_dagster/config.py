@@ -26,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model, field_validator
 
 from big5_dagster.lib.experts.classifier_spec import ClassifierSpec
+from big5_dagster.lib.personality.psychobench_results import PsychoBenchImport
 
 PROFILES = ("tiny", "paper")
 EMBEDDED_MODEL = "embedded"
@@ -78,7 +79,10 @@ def section_from_spec(spec: type, doc: str) -> type[Section]:
     """A settings section with the fields, types and defaults of a lib spec dataclass: the
     spec stays the one definition of them."""
     hints = typing.get_type_hints(spec)
-    fields = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(spec)}
+    fields = {
+        f.name: (hints[f.name], ... if f.default is dataclasses.MISSING else f.default)
+        for f in dataclasses.fields(spec)
+    }
     return create_model(
         spec.__name__.replace("Spec", "Settings"), __base__=Section, __doc__=doc, **fields
     )  # type: ignore[call-overload]
@@ -135,6 +139,18 @@ class InventorySettings(Section):
     psychobench_file: str | None = None
     """A PsychoBench questionnaires JSON file; the names below are imported from it."""
     psychobench_names: list[str] = []
+
+
+PsychoBenchFile = section_from_spec(
+    PsychoBenchImport, "One PsychoBench result file and the questionnaire it answered."
+)
+
+
+class PsychoBenchSettings(Section):
+    """PsychoBench result files (Huang et al., ICLR 2024) scored its way and stored beside
+    this pipeline's results; `big5 import-psychobench` materializes one more."""
+
+    imports: list[PsychoBenchFile] = []  # type: ignore[valid-type]
 
 
 class ExpertSettings(LoraFields):
@@ -330,6 +346,7 @@ class Settings(BaseModel):
     posts: PostsSettings = PostsSettings()
     scenarios: ScenarioSettings = ScenarioSettings()
     inventories: InventorySettings = InventorySettings()
+    psychobench: PsychoBenchSettings = PsychoBenchSettings()
     experts: ExpertSettings = ExpertSettings()
     classifier: ClassifierSettings = ClassifierSettings()
     dialogues: DialogueSettings = DialogueSettings()
@@ -428,9 +445,19 @@ def active_settings() -> Settings:
 ConfigT = TypeVar("ConfigT", bound=dg.Config)
 
 
+def _config_default(value: Any) -> Any:
+    """A Dagster config default: nested settings (a list of PsychoBench files) as plain dicts."""
+    if isinstance(value, BaseModel):
+        return value.model_dump()
+    if isinstance(value, list):
+        return [_config_default(v) for v in value]
+    return value
+
+
 def with_defaults(cls: type[ConfigT], values: BaseModel) -> type[ConfigT]:
     """A subclass of ``cls`` whose field defaults are ``values``: the launchpad shows the profile."""
     fields = {
-        name: (field.annotation, getattr(values, name)) for name, field in cls.model_fields.items()
+        name: (field.annotation, _config_default(getattr(values, name)))
+        for name, field in cls.model_fields.items()
     }
     return create_model(cls.__name__, __base__=cls, __doc__=cls.__doc__, **fields)  # type: ignore[call-overload]

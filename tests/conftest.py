@@ -8,14 +8,15 @@ import socket
 import pytest
 from model_fixtures import *  # noqa: F401,F403  (tiny random-weight model with the real tokenizer)
 
+from big5_dagster.dagster_home import prepare_dagster_home
+
 
 @pytest.fixture(autouse=True)
 def isolated_environment(tmp_path, monkeypatch):
     """Nothing a test does touches assets_data/ of the checkout or the network."""
     data = tmp_path / "data"
     home = tmp_path / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    prepare_dagster_home(home)  # the instance file `big5 demo` and `make ui` write
     monkeypatch.setenv("BIG5_DATA_DIR", str(data))
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

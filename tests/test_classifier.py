@@ -158,9 +158,15 @@ def test_roberta_regression_trains_with_mse_on_cdf_targets_and_round_trips(
         max_length=48,
         seed=0,
     )
-    classifier = make_classifier(spec, device="cpu")
+    lines: list[str] = []
+    classifier = make_classifier(spec, device="cpu", progress=lines.append)
     assert isinstance(classifier, RobertaRegressionClassifier)
     classifier.fit(posts)
+    # Training reports its progress as the other training steps do (the asset's run log).
+    steps = classifier.fit_report["steps"]
+    assert steps >= 2 and lines[0] == f"trait classifier: training for {steps} steps"
+    step_lines = [line for line in lines if line.startswith("trait classifier step ")]
+    assert step_lines[-1].startswith(f"trait classifier step {steps}/{steps}, loss ")
     train = regression_training_rows(posts)
     for trait in TRAITS:  # no trait's test post is seen in training
         assert not (train[f"{trait}_split"] == "test").fillna(False).any()

@@ -119,6 +119,13 @@ def test_the_item_prompt_hash_follows_the_item_prompt_only(edit):
         administration.prompt_template_hash.cache_clear()
 
 
+def test_an_edit_to_a_plot_makes_only_the_report_stale(baseline, edit):
+    # Training, evaluation and reasoning assets draw plots into their metadata: a new
+    # colour must not retrain an adapter, but the report, made of plots, is redrawn.
+    edit("big5_dagster.lib.report.plots", 'cmap="RdBu_r"', 'cmap="PuOr_r"')
+    assert changed(baseline, code_versions()) == {"big5_report"}
+
+
 def test_an_edit_to_a_phrase_bank_makes_the_posts_stale(baseline, monkeypatch):
     read = code_version._data_bytes
 

@@ -10,6 +10,7 @@ from dagster._config import validate_config
 from dagster._core.instance.config import dagster_instance_config
 
 from big5_dagster.config import load_settings, settings_from_mapping
+from big5_dagster.dagster_home import instance_settings
 from big5_dagster.definitions import build_definitions, executor_for
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -42,6 +43,8 @@ def test_instance_file_validates_with_its_classes(path, monkeypatch):
             result = validate_config(cls.config_type(), entry.get("config", {}))
             assert result.success, result.errors
     assert config["storage"]["postgres"]["postgres_db"]["port"] == 5432
+    # library logs reach the run log there as in local runs
+    assert config["python_logs"] == instance_settings()["python_logs"]
 
 
 @pytest.mark.parametrize("name", ["in_process", "multiprocess", "k8s", "celery"])

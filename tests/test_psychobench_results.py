@@ -157,8 +157,17 @@ def test_missing_file_and_unknown_question(tmp_path: Path, questionnaire) -> Non
         score_psychobench(read_psychobench_results(path), questionnaire)
 
 
-def test_import_command_prints_json_and_stores_rows(tmp_path: Path, capsys) -> None:
-    """`big5 import-psychobench` on the hand-computed file above, through the CLI."""
+def _materializations(asset: str):
+    import dagster as dg
+
+    with dg.DagsterInstance.get() as instance:
+        return instance.fetch_materializations(dg.AssetKey(asset), limit=10).records
+
+
+def test_import_command_materializes_the_asset_with_lineage(tmp_path: Path, capsys) -> None:
+    """`big5 import-psychobench` on the hand-computed file above: it materializes
+    psychobench_results (a Dagster run with a lineage row), prints the scores, and a re-import
+    replaces the file's rows."""
     import duckdb
 
     from big5_dagster import cli, paths
@@ -175,7 +184,81 @@ def test_import_command_prints_json_and_stores_rows(tmp_path: Path, capsys) -> N
     assert printed["B"]["n_unparsed"] == 1 and printed["A"]["n_runs"] == 3
 
     assert cli.main([*argv, "--name", "TOY", "--format", "json"]) == 0  # re-import: no duplicates
-    with duckdb.connect(str(paths.warehouse_path(paths.data_dir())), read_only=True) as con:
+    warehouse = paths.warehouse_path(paths.data_dir())
+    with duckdb.connect(str(warehouse), read_only=True) as con:
         n_rows = con.execute("SELECT count(*) FROM psychobench_answers").fetchone()[0]
         n_categories = con.execute("SELECT count(*) FROM psychobench_scores").fetchone()[0]
+        lineage = con.execute(
+            "SELECT run_id, data_version, config FROM lineage.materializations "
+            "WHERE asset = 'psychobench_results' ORDER BY ended_at"
+        ).fetchall()
     assert n_rows == len(read_psychobench_results(results)) and n_categories == 4
+    # Each import is a Dagster materialization whose lineage row names the file it read.
+    events = _materializations("psychobench_results")
+    assert len(events) == len(lineage) == 2
+    assert {e.run_id for e in events} == {run for run, _, _ in lineage}
+    (config,) = {c for _, _, c in lineage}
+    assert json.loads(config)["imports"] == [
+        {"results": str(results), "questionnaire": str(questionnaires), "name": "TOY"}
+    ]
+    # The same file gives the same data version: the import is a function of its files.
+    assert lineage[0][1] == lineage[1][1]
+
+
+def test_import_command_fails_with_the_file_and_line_and_keeps_the_tables(
+    tmp_path: Path, capsys
+) -> None:
+    from big5_dagster import cli, paths
+    from big5_dagster.resources.warehouse import Warehouse
+
+    questionnaires = tmp_path / "q.json"
+    questionnaires.write_text(json.dumps([QUESTIONNAIRE]))
+    good = _write_csv(tmp_path / "r.csv", HEADER, ROWS)
+    assert cli.main(["import-psychobench", str(good), "--questionnaire", str(questionnaires),
+                     "--name", "TOY"]) == 0  # fmt: skip
+    bad = _write_csv(tmp_path / "bad.csv", [PROMPT, "order-0", "t0"], [["1. x", "one", "3"]])
+    capsys.readouterr()
+    argv = ["import-psychobench", str(bad), "--questionnaire", str(questionnaires), "--name", "TOY"]
+    assert cli.main(argv) == 1
+    error = capsys.readouterr().err
+    assert f"{bad}: line 2, column 2 ('order-0'): 'one' is not a question number" in error
+    warehouse = Warehouse(path=str(paths.warehouse_path(paths.data_dir())))
+    sources = warehouse.query("SELECT DISTINCT source_file FROM psychobench_answers")
+    assert sources.source_file.tolist() == [str(good.resolve())]
+
+
+def test_configured_files_are_imported_by_the_asset(tmp_path: Path, monkeypatch) -> None:
+    """psychobench_results is in the graph and imports what the settings name; the command
+    adds its file to the configured ones."""
+    import dagster as dg
+    import yaml
+
+    from big5_dagster import cli
+    from big5_dagster.config import load_settings
+    from big5_dagster.definitions import build_definitions
+    from big5_dagster.resources.warehouse import Warehouse
+
+    questionnaires = tmp_path / "q.json"
+    questionnaires.write_text(json.dumps([QUESTIONNAIRE]))
+    first = _write_csv(tmp_path / "first.csv", HEADER, ROWS)
+    second = _write_csv(tmp_path / "second.csv", HEADER, ROWS)
+    config = tmp_path / "settings.yaml"
+    entry = {"results": str(first), "questionnaire": str(questionnaires), "name": "TOY"}
+    config.write_text(yaml.safe_dump({"extends": "tiny", "psychobench": {"imports": [entry]}}))
+    monkeypatch.setenv("BIG5_CONFIG", str(config))
+    defs = build_definitions(load_settings(), tmp_path / "data")
+    asset = defs.get_assets_def("psychobench_results")
+    assert asset.group_names_by_key[dg.AssetKey("psychobench_results")] == "evaluation"
+    with dg.DagsterInstance.get() as instance:
+        assert dg.materialize([asset], instance=instance, resources=defs.resources).success
+    warehouse = defs.resources["warehouse"]
+    stored = warehouse.query("SELECT DISTINCT source_file FROM psychobench_scores")
+    assert stored.source_file.tolist() == [str(first.resolve())]
+
+    monkeypatch.setenv("BIG5_DATA_DIR", str(tmp_path / "data"))
+    assert cli.main(["import-psychobench", str(second), "--questionnaire", str(questionnaires),
+                     "--name", "TOY", "--format", "table"]) == 0  # fmt: skip
+    stored = Warehouse(path=warehouse.path).query(
+        "SELECT DISTINCT source_file FROM psychobench_scores ORDER BY 1"
+    )
+    assert stored.source_file.tolist() == sorted([str(first.resolve()), str(second.resolve())])

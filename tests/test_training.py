@@ -17,6 +17,7 @@ from big5_dagster.lib.training.dpo import train_dpo
 from big5_dagster.lib.training.inputs import normalize_prompts
 from big5_dagster.lib.training.runs import (
     RUN_SETTINGS_FILE,
+    ProgressLines,
     count_training_tokens,
     last_complete_checkpoint,
 )
@@ -305,3 +306,18 @@ def test_prompts_lose_a_rendered_bos_only_when_the_tokenizer_adds_one(tiny_model
     smollm2 = AutoTokenizer.from_pretrained(tiny_model_dir)  # adds no BOS: nothing changes
     rendered = [PROMPT.format(i=0)]
     assert normalize_prompts(smollm2, rendered) == rendered
+
+
+def test_progress_lines_can_report_about_n_steps_and_always_the_last():
+    from transformers import TrainerControl, TrainerState
+
+    lines: list[str] = []
+    callback = ProgressLines(lines.append, "trait classifier", lines=20)
+    state = TrainerState(max_steps=103)
+    callback.on_train_begin(None, state, TrainerControl())
+    for step in range(1, 104):
+        state.global_step = step
+        callback.on_log(None, state, TrainerControl(), logs={"loss": 1.0 / step})
+    steps = [int(line.split()[3].split("/")[0]) for line in lines[1:]]
+    assert lines[0] == "trait classifier: training for 103 steps"
+    assert steps == [*range(5, 101, 5), 103]  # every 103 // 20 = 5 steps, and the last

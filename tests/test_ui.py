@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import report_fixtures
 from ui_helpers import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -25,6 +26,8 @@ from ui_helpers import (
     write_dagster_home,
     write_small_config,
 )
+
+from big5_dagster.lib.report.page import build_report
 
 HEX_VERSION = re.compile(r"^[0-9a-f]{16}$")
 
@@ -129,16 +132,22 @@ def latest_materialization(
     return event
 
 
-def test_partitioned_run_over_graphql_records_lineage(services):
-    # One run with the partition tag only (as the UI and GraphQL clients launch it) that
-    # also builds the unpartitioned posts: the tag reaches every step of the run, so
-    # each asset must take a partition key only if it is partitioned. The experts'
-    # quality gate needs the trait classifier, which this test does not build.
+@pytest.fixture(scope="module")
+def experts_run(services) -> str:
+    """One run with the partition tag only (as the UI and GraphQL clients launch it) that
+    also builds the unpartitioned posts: the tag reaches every step of the run, so each
+    asset must take a partition key only if it is partitioned. The experts' quality gate
+    needs the trait classifier, which is not built here."""
     run_id = services.launch_assets(
         ["psychgenerator_posts", "trait_experts"], partition="openness", checks=[]
     )
     status = services.wait_for_run(run_id)
     assert status == "SUCCESS", services.run_failure(run_id)
+    return run_id
+
+
+def test_partitioned_run_over_graphql_records_lineage(services, experts_run):
+    run_id = experts_run
 
     experts = latest_materialization(services, "trait_experts", "openness")
     posts = latest_materialization(services, "psychgenerator_posts")
@@ -167,3 +176,62 @@ def test_partitioned_run_over_graphql_records_lineage(services):
     assert upstream[0].startswith(f"└── psychgenerator_posts  data={posts_version}  "), (
         lineage.stdout
     )
+
+
+def test_an_asset_page_shows_its_plot(services, experts_run, browser, tmp_path):
+    """The experts' loss curves are in the asset's metadata as an embedded PNG: the asset
+    page opens it as a picture."""
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(90_000)
+    expect.set_options(timeout=30_000)
+    try:
+        page.goto(f"{services.url}/assets/trait_experts")
+        row = page.locator("tr").filter(has=page.get_by_text("loss_plot", exact=True))
+        row.get_by_text("[Show Markdown]").click()
+        image = page.get_by_role("dialog").locator('img[src^="data:image/png;base64,"]')
+        expect(image).to_be_visible()
+        assert image.get_attribute("alt") == "openness expert loss curves"
+        width, height = image.evaluate("i => [i.naturalWidth, i.naturalHeight]")
+        assert width > 200 and height > 100  # a decoded picture, not a broken icon
+        screenshot = tmp_path / "trait_experts_loss_plot.png"
+        page.screenshot(path=str(screenshot))
+    finally:
+        page.close()
+    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_report_opens_with_its_findings_in_the_browser(services, browser, tmp_path):
+    """big5_report materialized from this instance, then read the way a person reads it: the
+    first section is the findings (the lead), lineage comes last, every plot decodes."""
+    from playwright.sync_api import expect
+
+    run_id = services.launch_assets(["big5_report"])
+    status = services.wait_for_run(run_id)
+    assert status == "SUCCESS", services.run_failure(run_id)
+    report = Path(services.env["BIG5_DATA_DIR"]) / "big5_report" / "all" / "report.html"
+    rich = tmp_path / "report_of_a_full_run.html"  # every section filled, known findings
+    rich.write_text(build_report(report_fixtures.report_data())[0], encoding="utf-8")
+
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    expect.set_options(timeout=30_000)
+    try:
+        for n, path in enumerate((report, rich)):
+            page.goto(path.as_uri())
+            first = page.locator("section").first
+            expect(first).to_have_attribute("id", "findings")
+            expect(first).to_have_class("lead")
+            heading = first.get_by_role("heading", name="What this run shows")
+            expect(heading).to_be_in_viewport()
+            expect(page.locator("section").last).to_have_attribute("id", "lineage")
+            sizes = page.locator("img").evaluate_all("all => all.map(i => i.naturalWidth)")
+            assert all(w > 0 for w in sizes), sizes
+            screenshot = tmp_path / f"report{n}.png"
+            page.screenshot(path=str(screenshot), full_page=True)
+            assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        # the full run's findings are in view at the top of the page
+        expect(first.get_by_text("personas above chance")).to_be_in_viewport()
+        assert len(sizes) >= 15
+    finally:
+        page.close()

@@ -25,6 +25,8 @@ from typing import Any
 
 import yaml
 
+from big5_dagster.dagster_home import prepare_dagster_home
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -96,20 +98,20 @@ def small_run_config(*ops: str) -> dict[str, Any]:
 
 
 def write_dagster_home(home: Path) -> Path:
-    """A DAGSTER_HOME, storages created, whose queued runs start within a second and that
-    sends no telemetry."""
-    home.mkdir(parents=True, exist_ok=True)
-    instance = {
-        "telemetry": {"enabled": False},
-        "run_coordinator": {
-            "module": "dagster._core.run_coordinator",
-            "class": "QueuedRunCoordinator",
-            "config": {"dequeue_interval_seconds": 1},
+    """A DAGSTER_HOME with the project's instance file (no telemetry, library logs in the run
+    log), storages created, whose queued runs start within a second."""
+    prepare_dagster_home(
+        home,
+        extra={
+            "run_coordinator": {
+                "module": "dagster._core.run_coordinator",
+                "class": "QueuedRunCoordinator",
+                "config": {"dequeue_interval_seconds": 1},
+            },
+            # loading big5_dagster.definitions takes 15-40 s on a busy 2-core machine
+            "code_servers": {"local_startup_timeout": 300},
         },
-        # loading big5_dagster.definitions takes 15-40 s on a busy 2-core machine
-        "code_servers": {"local_startup_timeout": 300},
-    }
-    (home / "dagster.yaml").write_text(yaml.safe_dump(instance, sort_keys=False))
+    )
     # Create the SQLite storages now: a webserver and a daemon starting together on an
     # empty home both stamped the schema ("alembic_version has more than one head").
     import dagster as dg

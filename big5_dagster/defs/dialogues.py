@@ -13,6 +13,7 @@ from big5_dagster.lib.common.hashing import hash_dataframe, hash_json
 from big5_dagster.lib.dialogues import cleaning, dataset, quality, refusals, replies
 from big5_dagster.lib.engine.dexperts import DExpertsParams
 from big5_dagster.lib.experts.decoding import expert_for_decoding
+from big5_dagster.lib.report import figures, plots
 from big5_dagster.lib.traits import PERSONAS, TRAITS
 from big5_dagster.partitions import persona_of, persona_partitions
 from big5_dagster.resources.artifacts import ArtifactStore
@@ -302,6 +303,11 @@ def build(settings: Settings) -> Stage:
             metadata={
                 "quality": dg.MetadataValue.md(
                     table[QUALITY_COLUMNS].round(3).to_markdown(index=False)
+                ),
+                "target_accuracy_plot": dg.MetadataValue.md(
+                    plots.markdown_image(
+                        figures.dialogue_quality_figure(table), "target-trait accuracy per persona"
+                    )
                 ),
                 "personas_above_chance": len(table) - len(at_chance),
                 "mean_target_accuracy": float(table.target_accuracy.mean()),

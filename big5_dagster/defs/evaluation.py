@@ -13,6 +13,7 @@ from big5_dagster.lib.personality import analysis, answers, column_docs, human_r
 from big5_dagster.lib.personality.administration import prompt_template_hash
 from big5_dagster.lib.personality.conditions import by_adapter
 from big5_dagster.lib.personality.methods import METHODS
+from big5_dagster.lib.report import figures
 from big5_dagster.partitions import method_of, method_partitions
 from big5_dagster.resources.artifacts import ArtifactStore
 from big5_dagster.resources.model_backend import ModelBackend
@@ -209,6 +210,12 @@ def build(settings: Settings) -> Stage:
             metadata={
                 "methods_present": ", ".join(methods),
                 "methods_missing": ", ".join(m for m in METHODS if m not in methods),
+                "scores_beside_norms": dg.MetadataValue.md(
+                    figures.markdown_gallery(
+                        figures.primary(figures.inventory_score_figures(summary)),
+                        "trait scores beside human norms",
+                    )
+                ),
                 "separation_logprob": dg.MetadataValue.md(
                     target[SEPARATION_SHOWN].round(3).to_markdown(index=False) + "\n\n" + D_CAPTION
                 ),
@@ -241,12 +248,22 @@ def build(settings: Settings) -> Stage:
             metadata={
                 "reliability": dg.MetadataValue.md(
                     reliability.pivot_table(
-                        index=["scorer", "inventory", "method"], columns="trait", values="alpha"
+                        index=["scorer", "inventory", "method"],
+                        columns="trait",
+                        values="alpha",
+                        dropna=False,
                     )
                     .round(2)
                     .reset_index()
-                    .to_markdown(index=False)
-                )
+                    .to_markdown(index=False, missingval="n/e")
+                ),
+                "alpha_not_estimable": int(reliability.alpha.isna().sum()),
+                "alpha_plot": dg.MetadataValue.md(
+                    figures.markdown_gallery(
+                        figures.primary(figures.reliability_figures(reliability)),
+                        "Cronbach's alpha",
+                    )
+                ),
             },
         )
 
@@ -318,6 +335,16 @@ def build(settings: Settings) -> Stage:
                     tables.distances.drop(columns=["reference"]).round(3).to_markdown(index=False)
                 ),
                 "human_reference": human_reference.HUMAN_TRAIT_CORRELATIONS_SOURCE.citation,
+                "heatmaps": dg.MetadataValue.md(
+                    figures.markdown_gallery(
+                        figures.primary(
+                            figures.correlation_figures(
+                                tables.matrices, human_reference.human_trait_correlations()
+                            )
+                        ),
+                        "trait correlations, human beside each method",
+                    )
+                ),
             },
         )
 

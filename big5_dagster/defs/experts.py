@@ -14,6 +14,7 @@ from big5_dagster.lib.engine.loading import load_model
 from big5_dagster.lib.engine.sampling import SamplingParams
 from big5_dagster.lib.experts import decoding, examples, fitting, quality, records
 from big5_dagster.lib.experts.classifier import make_classifier
+from big5_dagster.lib.report import figures, plots
 from big5_dagster.lib.training.inputs import load_tokenizer
 from big5_dagster.partitions import trait_of, trait_partitions
 from big5_dagster.resources.artifacts import ArtifactStore
@@ -59,7 +60,9 @@ def build(settings: Settings) -> Stage:
         posts = artifacts.read_posts(store)
         folder = store.asset_dir("trait_classifier")
         model = make_classifier(
-            specs.classifier_spec(config), work_dir=folder.parent / ".trait_classifier-work"
+            specs.classifier_spec(config),
+            work_dir=folder.parent / ".trait_classifier-work",
+            progress=context.log.info,
         )
         context.log.info(
             f"fitting a {model.kind} classifier on the train split of {len(posts)} posts"
@@ -153,7 +156,12 @@ def build(settings: Settings) -> Stage:
                 "loss_curve": dg.MetadataValue.json(
                     {f: r["loss_curve"] for f, r in reports.items()}
                 ),
-                "loss_plot": dg.MetadataValue.path(str(record.folder / "loss.png")),
+                "loss_plot": dg.MetadataValue.md(
+                    plots.markdown_image(
+                        figures.loss_figure(reports, f"{trait} expert training loss"),
+                        f"{trait} expert loss curves",
+                    )
+                ),
                 "steps": int(summary.steps.sum()),
                 "train_seconds": float(summary.seconds.sum()),
                 "example_completions": dg.MetadataValue.md(

@@ -47,6 +47,10 @@ INFRASTRUCTURE: tuple[str, ...] = (
     "big5_dagster.resources.artifacts",
     "big5_dagster.resources.warehouse",
 )
+# Plots in an asset's metadata show a result without changing it: their code is left out
+# of every code version but the report's (whose output the plots are), so a new colour
+# does not retrain an adapter.
+PRESENTATION: tuple[str, ...] = ("big5_dagster.lib.report.figures", "big5_dagster.lib.report.plots")
 WATCHED = ("config", "settings")
 
 
@@ -68,8 +72,11 @@ class AssetVersion:
     data_files: list[str]
 
 
-def asset_version(fn: Callable[..., Any], settings: Settings) -> AssetVersion:
-    """The code version of an asset function built with ``settings`` (see the module doc)."""
+def asset_version(
+    fn: Callable[..., Any], settings: Settings, presents: bool = False
+) -> AssetVersion:
+    """The code version of an asset function built with ``settings`` (see the module doc);
+    ``presents``: its output is a presentation (the report), so plot code counts too."""
     signature = inspect.signature(fn)
     config_section = None
     resources = []
@@ -84,7 +91,8 @@ def asset_version(fn: Callable[..., Any], settings: Settings) -> AssetVersion:
             config_section = found[0]
         elif issubclass(annotation, dg.ConfigurableResource):
             resources.append(annotation)
-    reach = code_reach(fn, *resources, watch=WATCHED, exclude=INFRASTRUCTURE)
+    exclude = INFRASTRUCTURE if presents else (*INFRASTRUCTURE, *PRESENTATION)
+    reach = code_reach(fn, *resources, watch=WATCHED, exclude=exclude)
     read: set[str] = set()
     for chain in reach.reads:
         if chain[0] == "config" and config_section is not None:
@@ -126,11 +134,14 @@ def _value(settings: Settings, name: str) -> Any:
     return value.model_dump(mode="json") if isinstance(value, Section) else value
 
 
-def versioned_asset(settings: Settings, **asset_args: Any) -> Callable[..., dg.AssetsDefinition]:
-    """``dg.asset(**asset_args)`` with the code version of what the function really uses."""
+def versioned_asset(
+    settings: Settings, presents: bool = False, **asset_args: Any
+) -> Callable[..., dg.AssetsDefinition]:
+    """``dg.asset(**asset_args)`` with the code version of what the function really uses
+    (``presents``: see ``asset_version``)."""
 
     def decorate(fn: Callable[..., Any]) -> dg.AssetsDefinition:
-        version = asset_version(fn, settings)
+        version = asset_version(fn, settings, presents)
         args = dict(asset_args)
         metadata: Mapping[str, Any] = {
             **args.pop("metadata", {}),

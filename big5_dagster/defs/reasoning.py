@@ -17,6 +17,7 @@ from big5_dagster.lib.engine.adapters import with_adapter
 from big5_dagster.lib.personality.administration import system_text
 from big5_dagster.lib.personality.conditions import by_adapter
 from big5_dagster.lib.reasoning import analysis, harness, task_set, tasks
+from big5_dagster.lib.report import figures, plots
 from big5_dagster.partitions import method_of, method_partitions
 from big5_dagster.resources.artifacts import ArtifactStore
 from big5_dagster.resources.model_backend import ModelBackend
@@ -205,6 +206,11 @@ def build(settings: Settings) -> Stage:
             artifacts=[path],
             metadata={
                 "direction_counts": dg.MetadataValue.md(counts.to_markdown(index=False)),
+                "differences_plot": dg.MetadataValue.md(
+                    plots.markdown_image(
+                        figures.reasoning_figure(by_trait), "reasoning: high minus low"
+                    )
+                ),
                 "methods_present": ", ".join(sorted(results.method.unique())),
             },
         )

@@ -70,6 +70,7 @@ def read_report_data(
 def build(settings: Settings) -> Stage:
     @versioned_asset(
         settings,
+        presents=True,
         deps=[
             "big5_chat_dataset",
             "dialogue_quality",

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 
-from big5_dagster.config import DialogueSettings, ExpertSettings, LoraFields, TrainingSettings
+from big5_dagster.config import (
+    DialogueSettings,
+    ExpertSettings,
+    LoraFields,
+    PsychoBenchSettings,
+    TrainingSettings,
+)
 from big5_dagster.lib.engine.sampling import SamplingParams
 from big5_dagster.lib.experts.classifier_spec import ClassifierSpec
+from big5_dagster.lib.personality.psychobench_results import PsychoBenchImport
 from big5_dagster.lib.training.specs import LoraSpec, TrainSpec
 
 
@@ -58,3 +65,10 @@ def dialogue_sampling(config: DialogueSettings, max_new_tokens: int, seed: int) 
         repetition_penalty=config.repetition_penalty,
         seed=seed,
     )
+
+
+def psychobench_imports(config: PsychoBenchSettings) -> list[PsychoBenchImport]:
+    """The configured PsychoBench files (Dagster hands nested config over as dicts)."""
+    return [
+        PsychoBenchImport(**(f if isinstance(f, dict) else f.model_dump())) for f in config.imports
+    ]

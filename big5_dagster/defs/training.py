@@ -13,7 +13,7 @@ from big5_dagster.defs.factory import Stage, versioned_asset
 from big5_dagster.defs.tracking import Tracker
 from big5_dagster.lib.common.files import write_json
 from big5_dagster.lib.common.hashing import hash_weights
-from big5_dagster.lib.report.plots import loss_curves_png
+from big5_dagster.lib.report import figures, plots
 from big5_dagster.lib.training import dpo, examples, sft
 from big5_dagster.lib.training.adapter_sets import AdapterSet, TrainedAdapter
 from big5_dagster.lib.training.specs import TrainingReport, reward_row
@@ -60,7 +60,7 @@ def train_adapters(
     return trained, reports
 
 
-def training_metadata(reports: list[dict], plot: Path) -> dict:
+def training_metadata(reports: list[dict], title: str) -> dict:
     table = pd.DataFrame(
         [
             {
@@ -82,7 +82,11 @@ def training_metadata(reports: list[dict], plot: Path) -> dict:
         "train_seconds": float(table.seconds.sum()),
         "tokens_per_second": float(table.tokens_per_second.mean()),
         "loss_curve": dg.MetadataValue.json({str(r["seed"]): r["loss_curve"] for r in reports}),
-        "loss_plot": dg.MetadataValue.path(str(plot)),
+        "loss_plot": dg.MetadataValue.md(
+            plots.markdown_image(
+                figures.loss_figure({f"seed {r['seed']}": r for r in reports}, title), title
+            )
+        ),
     }
 
 
@@ -205,18 +209,13 @@ def build(settings: Settings) -> Stage:
             )
 
         trained, reports = train_adapters(context, "sft_adapter", config, store, model, train_one)
-        plot = loss_curves_png(
-            {f"seed {r['seed']}": r["loss_curve"] for r in reports},
-            store.file("sft_adapter", "loss.png"),
-            title="SFT loss",
-        )
         return tracker.result(
             data_version=trained.data_version,
             rows=sum(r["examples"] for r in reports),
             artifacts=[store.asset_dir("sft_adapter")],
             model_ids={"base": trained.base_model, "base_fingerprint": trained.base_fingerprint},
             seeds={"seeds": list(config.seeds)},
-            metadata=training_metadata(reports, plot),
+            metadata=training_metadata(reports, "SFT loss"),
         )
 
     @versioned_asset(
@@ -258,11 +257,6 @@ def build(settings: Settings) -> Stage:
             )
 
         trained, reports = train_adapters(context, "dpo_adapter", config, store, model, train_one)
-        plot = loss_curves_png(
-            {f"seed {r['seed']}": r["loss_curve"] for r in reports},
-            store.file("dpo_adapter", "loss.png"),
-            title="DPO loss",
-        )
         rewards = pd.DataFrame([reward_row(r) for r in reports])
         return tracker.result(
             data_version=trained.data_version,
@@ -275,7 +269,7 @@ def build(settings: Settings) -> Stage:
             },
             seeds={"seeds": list(config.seeds)},
             metadata={
-                **training_metadata(reports, plot),
+                **training_metadata(reports, "DPO loss"),
                 "rewards": dg.MetadataValue.md(rewards.round(3).to_markdown(index=False)),
                 "reward_accuracy": float(rewards.reward_accuracy.mean()),
                 "reward_margin": float(rewards.reward_margin.mean()),

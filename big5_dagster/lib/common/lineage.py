@@ -124,6 +124,10 @@ def record_materialization(con: duckdb.DuckDBPyConnection, rec: MaterializationR
         raise
 
 
+NodeKey = tuple[str, str | None, str | None]
+"""(asset, partition, data version): one materialization in the lineage graph."""
+
+
 @dataclass
 class LineageNode:
     asset: str
@@ -135,6 +139,14 @@ class LineageNode:
     row_count: int | None = None
     found: bool = True
     inputs: list[LineageNode] = field(default_factory=list)
+
+    @property
+    def key(self) -> NodeKey:
+        return (self.asset, self.partition, self.data_version)
+
+    @property
+    def name(self) -> str:
+        return self.asset + (f"[{self.partition}]" if self.partition else "")
 
 
 def _find(
@@ -159,47 +171,108 @@ def lineage_tree(
     asset: str,
     partition: str | None = None,
     data_version: str | None = None,
-    _seen: frozenset[tuple[str, str | None, str | None]] = frozenset(),
 ) -> LineageNode:
-    """The upstream tree of the latest (or the given) materialization of ``asset``."""
-    row = _find(con, asset, partition, data_version)
-    if row is None:
-        return LineageNode(asset, partition, data_version, found=False)
-    mid, version, code_version, run_id, ended_at, row_count = row
-    node = LineageNode(asset, partition, version, code_version, run_id, ended_at, row_count)
-    key = (asset, partition, version)
-    if key in _seen:  # defensive: lineage is a DAG, but never loop on bad data
+    """The upstream graph of the latest (or the given) materialization of ``asset``.
+
+    Lineage is a DAG: a materialization read by several others (the corpora under every
+    persona) is one node object reached along each path, looked up once.
+    """
+    nodes: dict[NodeKey, LineageNode] = {}
+
+    def visit(asset: str, partition: str | None, data_version: str | None) -> LineageNode:
+        asked = (asset, partition, data_version)
+        if asked in nodes:
+            return nodes[asked]
+        row = _find(con, asset, partition, data_version)
+        if row is None:
+            nodes[asked] = LineageNode(asset, partition, data_version, found=False)
+            return nodes[asked]
+        mid, version, code_version, run_id, ended_at, row_count = row
+        node = LineageNode(asset, partition, version, code_version, run_id, ended_at, row_count)
+        nodes[asked] = nodes[node.key] = node  # registered first: bad data cannot loop
+        inputs = con.execute(
+            """
+            SELECT input_asset, input_partition, input_data_version FROM lineage.inputs
+            WHERE materialization_id = ? ORDER BY input_asset, input_partition
+            """,
+            [mid],
+        ).fetchall()
+        node.inputs = [visit(*i) for i in inputs]
         return node
-    inputs = con.execute(
-        """
-        SELECT input_asset, input_partition, input_data_version FROM lineage.inputs
-        WHERE materialization_id = ? ORDER BY input_asset, input_partition
-        """,
-        [mid],
-    ).fetchall()
-    for in_asset, in_partition, in_version in inputs:
-        node.inputs.append(lineage_tree(con, in_asset, in_partition, in_version, _seen | {key}))
-    return node
+
+    return visit(asset, partition, data_version)
 
 
-def format_tree(node: LineageNode) -> str:
-    """An indented text tree, one line per materialization."""
+def _describe(n: LineageNode) -> str:
+    if not n.found:
+        return f"{n.name}  data={n.data_version or '?'}  (no lineage record)"
+    when = n.ended_at.strftime("%Y-%m-%d %H:%M:%S") if n.ended_at else "?"
+    rows = f"  rows={n.row_count}" if n.row_count is not None else ""
+    return (
+        f"{n.name}  data={n.data_version}  code={n.code_version}  "
+        f"run={(n.run_id or '?')[:8]}  at={when}{rows}"
+    )
+
+
+REPEAT_MARK = "(repeat, shown above)"
+
+
+def format_tree(node: LineageNode, depth: int | None = None) -> str:
+    """An indented text tree, one line per materialization. A materialization met again on
+    another path is described once: later it is one short line marked REPEAT_MARK, without
+    its inputs; ``depth`` stops after that many levels of inputs (the line says how many
+    are hidden)."""
     lines: list[str] = []
+    shown: set[NodeKey] = set()
 
-    def describe(n: LineageNode) -> str:
-        name = n.asset + (f"[{n.partition}]" if n.partition else "")
-        if not n.found:
-            return f"{name}  data={n.data_version or '?'}  (no lineage record)"
-        when = n.ended_at.strftime("%Y-%m-%d %H:%M:%S") if n.ended_at else "?"
-        rows = f"  rows={n.row_count}" if n.row_count is not None else ""
-        return f"{name}  data={n.data_version}  code={n.code_version}  run={(n.run_id or '?')[:8]}  at={when}{rows}"
-
-    def walk(n: LineageNode, prefix: str, last: bool, root: bool) -> None:
-        branch = "" if root else ("└── " if last else "├── ")
-        lines.append(prefix + branch + describe(n))
-        child_prefix = prefix if root else prefix + ("    " if last else "│   ")
+    def walk(n: LineageNode, prefix: str, last: bool, level: int) -> None:
+        branch = "" if level == 0 else ("└── " if last else "├── ")
+        repeat = n.key in shown
+        cut = depth is not None and level >= depth and bool(n.inputs) and not repeat
+        if repeat:
+            line = f"{prefix}{branch}{n.name}  data={n.data_version or '?'}  {REPEAT_MARK}"
+        else:
+            line = prefix + branch + _describe(n)
+        if cut:
+            line += f"  ({len(n.inputs)} input(s) below --depth {depth})"
+        lines.append(line)
+        if repeat or cut:
+            return
+        shown.add(n.key)
+        child_prefix = prefix if level == 0 else prefix + ("    " if last else "│   ")
         for i, child in enumerate(n.inputs):
-            walk(child, child_prefix, i == len(n.inputs) - 1, False)
+            walk(child, child_prefix, i == len(n.inputs) - 1, level + 1)
 
-    walk(node, "", True, True)
+    walk(node, "", True, 0)
     return "\n".join(lines)
+
+
+def tree_json(node: LineageNode, depth: int | None = None) -> dict[str, Any]:
+    """The tree as JSON-ready dicts, repeats and depth handled as in ``format_tree``: a
+    repeated node has ``"repeat": true`` and no ``inputs``; a node at the depth limit has
+    ``"inputs_hidden"``."""
+    shown: set[NodeKey] = set()
+
+    def walk(n: LineageNode, level: int) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "asset": n.asset,
+            "partition": n.partition,
+            "data_version": n.data_version,
+        }
+        if n.key in shown:
+            return out | {"repeat": True}
+        out["found"] = n.found
+        if n.found:
+            out |= {
+                "code_version": n.code_version,
+                "run_id": n.run_id,
+                "ended_at": n.ended_at.isoformat() if n.ended_at else None,
+                "row_count": n.row_count,
+            }
+        if depth is not None and level >= depth and n.inputs:
+            return out | {"inputs_hidden": len(n.inputs)}
+        shown.add(n.key)
+        out["inputs"] = [walk(child, level + 1) for child in n.inputs]
+        return out
+
+    return walk(node, 0)

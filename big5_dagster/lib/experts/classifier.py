@@ -16,16 +16,22 @@ from big5_dagster.lib.experts.classifier_base import (
 from big5_dagster.lib.experts.classifier_spec import ClassifierError, ClassifierSpec
 from big5_dagster.lib.experts.roberta_classifier import RobertaRegressionClassifier
 from big5_dagster.lib.experts.tfidf_classifier import TfidfLogisticClassifier
+from big5_dagster.lib.training.specs import Progress
 from big5_dagster.lib.traits import TRAITS
 
 
 def make_classifier(
-    spec: ClassifierSpec, *, device: str = "auto", work_dir: Path | None = None
+    spec: ClassifierSpec,
+    *,
+    device: str = "auto",
+    work_dir: Path | None = None,
+    progress: Progress | None = None,
 ) -> TraitClassifier:
-    """An unfitted classifier of ``spec.kind`` (device and work_dir apply to roberta only)."""
+    """An unfitted classifier of ``spec.kind`` (device, work_dir and the training progress
+    lines apply to roberta only: tf-idf fits in about a second)."""
     if spec.kind == "tfidf_logistic":
         return TfidfLogisticClassifier(spec)
-    return RobertaRegressionClassifier(spec, device=device, work_dir=work_dir)
+    return RobertaRegressionClassifier(spec, device=device, work_dir=work_dir, progress=progress)
 
 
 def load_classifier(folder: Path, *, device: str = "auto") -> TraitClassifier:

@@ -18,7 +18,6 @@ import pandas as pd
 from big5_dagster.lib.common.files import atomic_dir, write_json
 from big5_dagster.lib.common.hashing import hash_json, hash_weights
 from big5_dagster.lib.experts.records import ExpertRecord
-from big5_dagster.lib.report.plots import loss_curves_png
 from big5_dagster.lib.training.runs import RUN_SETTINGS_FILE
 from big5_dagster.lib.training.sft import train_sft
 from big5_dagster.lib.training.specs import LoraSpec, TrainSpec
@@ -91,11 +90,6 @@ def assemble_experts(
         )
         record.write(tmp)
         reports = {f: json.loads((work / f / REPORT_FILE).read_text()) for f in sorted(versions)}
-        loss_curves_png(
-            {f: r["loss_curve"] for f, r in reports.items()},
-            tmp / "loss.png",
-            title=f"{trait} expert training loss",
-        )
     shutil.rmtree(work, ignore_errors=True)
     return record, reports
 

@@ -33,9 +33,12 @@ from big5_dagster.lib.experts.classifier_base import (
     check_texts,
 )
 from big5_dagster.lib.experts.classifier_spec import ClassifierError, ClassifierSpec
+from big5_dagster.lib.training.runs import ProgressLines
+from big5_dagster.lib.training.specs import Progress
 from big5_dagster.lib.traits import TRAITS
 
 log = logging.getLogger(__name__)
+PROGRESS_LINES = 20
 
 
 def cdf_targets(posts: pd.DataFrame) -> np.ndarray:
@@ -82,11 +85,18 @@ class RobertaRegressionClassifier(TraitClassifier):
     kind = "roberta_regression"
 
     def __init__(
-        self, spec: ClassifierSpec, *, device: str = "auto", work_dir: Path | None = None
+        self,
+        spec: ClassifierSpec,
+        *,
+        device: str = "auto",
+        work_dir: Path | None = None,
+        progress: Progress | None = None,
     ) -> None:
+        """``progress`` receives a line at the start and about every 5% of the steps."""
         super().__init__(spec)
         self.device = _resolve_device(device)
         self.work_dir = Path(work_dir) if work_dir is not None else None
+        self.progress = progress
         self.model: PreTrainedModel | None = None
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self._thresholds: dict[str, float] = {}
@@ -154,6 +164,7 @@ class RobertaRegressionClassifier(TraitClassifier):
                 train_dataset=dataset,
                 data_collator=DataCollatorWithPadding(self.tokenizer),
                 processing_class=self.tokenizer,
+                callbacks=[ProgressLines(self.progress, "trait classifier", lines=PROGRESS_LINES)],
             )
             trainer.remove_callback(PrinterCallback)  # fit_report keeps the loss curve
             trainer.train()

@@ -31,14 +31,18 @@ from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from big5_dagster.lib.common.hashing import hash_file
 from big5_dagster.lib.personality.answer_reading import first_integer
 from big5_dagster.lib.personality.inventory import Inventory, InventoryError
+from big5_dagster.lib.personality.psychobench import load_psychobench_questionnaire
 
 _POSITION_PREFIX = re.compile(r"^\s*(\d+)\.\s?(.*)$", re.DOTALL)
 RESULT_COLUMNS: tuple[str, ...] = (
@@ -161,20 +165,7 @@ def read_psychobench_results(csv_path: str | Path) -> pd.DataFrame:
                     }
                 )
     frame = pd.DataFrame.from_records(records, columns=list(RESULT_COLUMNS))
-    return frame.astype(
-        {
-            "block": "int64",
-            "order_column": "string",
-            "run": "string",
-            "line": "int64",
-            "position": "int64",
-            "item_number": "int64",
-            "item_text": "string",
-            "raw": "string",
-            "answer": "Int64",
-            "parse_status": "string",
-        }
-    )
+    return frame.astype({c: _DTYPES[c] for c in RESULT_COLUMNS})
 
 
 def score_psychobench(
@@ -252,3 +243,98 @@ def score_psychobench(
             "n_unparsed": int(in_category["unparsed"].sum()),
         }
     return out
+
+
+SOURCE_COLUMNS: tuple[str, ...] = (
+    "source_file",
+    "source_version",
+    "questionnaire",
+    "questionnaire_file",
+)
+SCORE_COLUMNS: tuple[str, ...] = (
+    "category",
+    "mean",
+    "sd",
+    "n_runs",
+    "n_runs_total",
+    "n_unparsed",
+    "source_file",
+    "questionnaire",
+)
+
+
+@dataclass(frozen=True)
+class PsychoBenchImport:
+    """One PsychoBench result file and the questionnaire it answered."""
+
+    results: str
+    """The result CSV as PsychoBench writes it."""
+    questionnaire: str
+    """A PsychoBench questionnaires JSON file."""
+    name: str
+    """The questionnaire's name in that file."""
+
+
+def import_results(
+    imports: Sequence[PsychoBenchImport],
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(answers, scores) of every import: the answers of ``read_psychobench_results`` with
+    their source (resolved paths, the result file's content hash, the questionnaire), and
+    per file and category the statistics of ``score_psychobench``. No imports: both empty,
+    with their columns. A result file named twice is an error naming it."""
+    answers, scores = [], []
+    seen: dict[str, int] = {}
+    for n, entry in enumerate(imports):
+        source = str(Path(entry.results).resolve())
+        if source in seen:
+            raise PsychoBenchResultsError(
+                f"imports[{n}]: {source} is already imported by imports[{seen[source]}]"
+            )
+        seen[source] = n
+        questionnaire = load_psychobench_questionnaire(entry.questionnaire, entry.name)
+        results = read_psychobench_results(entry.results)
+        summary = score_psychobench(results, questionnaire)
+        answers.append(
+            results.assign(
+                source_file=source,
+                source_version=hash_file(Path(entry.results)),
+                questionnaire=entry.name,
+                questionnaire_file=str(Path(entry.questionnaire).resolve()),
+            )
+        )
+        scores.append(
+            pd.DataFrame([{"category": c, **stats} for c, stats in summary.items()]).assign(
+                source_file=source, questionnaire=entry.name
+            )
+        )
+    if not answers:
+        return _empty(RESULT_COLUMNS + SOURCE_COLUMNS), _empty(SCORE_COLUMNS)
+    return (
+        pd.concat(answers, ignore_index=True),
+        pd.concat(scores, ignore_index=True)[list(SCORE_COLUMNS)],
+    )
+
+
+_DTYPES = {
+    "block": "int64",
+    "order_column": "string",
+    "run": "string",
+    "line": "int64",
+    "position": "int64",
+    "item_number": "int64",
+    "item_text": "string",
+    "raw": "string",
+    "answer": "Int64",
+    "parse_status": "string",
+    "category": "string",
+    "mean": "float64",
+    "sd": "float64",
+    "n_runs": "int64",
+    "n_runs_total": "int64",
+    "n_unparsed": "int64",
+}
+
+
+def _empty(columns: Sequence[str]) -> pd.DataFrame:
+    """No rows, typed columns (so the warehouse tables keep their types)."""
+    return pd.DataFrame({c: pd.Series(dtype=_DTYPES.get(c, "string")) for c in columns})

@@ -133,6 +133,48 @@ def mcdonald_omega(item_matrix: pd.DataFrame) -> float:
     return mcdonald_omega_fit(item_matrix).omega
 
 
+MIN_RESPONDENTS = 3
+"""Fewest complete respondents over which alpha is reported."""
+MIN_ITEM_SD = 0.05
+"""Scale points: below this median item SD across respondents the answers barely vary, and
+alpha and omega are ratios of near-zero variances that swing to any value (a -4,964 was
+seen for expected scores of a random-weight model varying by 0.005)."""
+
+
+def not_estimable(item_matrix: pd.DataFrame, statistic: str = "alpha") -> str | None:
+    """Why ``statistic`` ('alpha' or 'omega') of this item matrix cannot be estimated, or None.
+
+    Both need at least MIN_RESPONDENTS complete respondents (rows left after listwise
+    deletion), at least 2 items that vary, and answers that vary by at least MIN_ITEM_SD
+    scale points (median item SD); alpha needs a sum score that varies; the one-factor model
+    of omega needs at least 3 items, more complete respondents than items, every item
+    varying, and a fit that converged.
+    """
+    x = _complete_rows(item_matrix)
+    n, k = x.shape
+    if n < MIN_RESPONDENTS:
+        return f"{n} respondent(s) answered every item; at least {MIN_RESPONDENTS} needed"
+    sd = x.std(axis=0, ddof=1)
+    if (sd > 0).sum() < 2:
+        return "fewer than 2 items vary across respondents"
+    if float(np.median(sd)) < MIN_ITEM_SD:
+        return (
+            f"answers barely vary: median item SD {float(np.median(sd)):.3g} scale points "
+            f"(below {MIN_ITEM_SD})"
+        )
+    if statistic == "alpha":
+        return "the sum score does not vary" if x.sum(axis=1).var(ddof=1) <= 0 else None
+    if k < 3:
+        return f"{k} items: a one-factor model needs at least 3"
+    if n < k + 1:
+        return f"{n} complete respondents: a one-factor model of {k} items needs {k + 1}"
+    if (sd == 0).any():
+        return "an item does not vary across respondents"
+    if not mcdonald_omega_fit(item_matrix).converged:
+        return "the one-factor fit did not converge"
+    return None
+
+
 def reliability_table(
     responses: pd.DataFrame,
     inv: Inventory,
@@ -146,8 +188,9 @@ def reliability_table(
     pooled, as in LLM psychometrics where simulated personas play the role of a sample of
     people: reliability then asks whether the items of a trait move together across them.
     Columns: by, inventory, trait, n_items, n_respondents, n_complete (rows left after
-    listwise deletion), alpha, omega, omega_converged (see
-    ``mcdonald_omega_fit``).
+    listwise deletion), alpha, omega, omega_converged (see ``mcdonald_omega_fit``), and
+    alpha_not_estimable / omega_not_estimable: the reason (see ``not_estimable``) where
+    that statistic cannot be estimated, which is then NaN rather than a number; else None.
     """
     by = list(by)
     respondent_columns = list(respondent_columns)
@@ -165,6 +208,8 @@ def reliability_table(
             matrix = item_matrix(group, inv, trait, respondent_columns, value_column)
             complete = int((~matrix.isna().any(axis=1)).sum())
             omega = mcdonald_omega_fit(matrix)
+            alpha_reason = not_estimable(matrix, "alpha")
+            omega_reason = not_estimable(matrix, "omega")
             rows.append(
                 {
                     **dict(zip(by, key, strict=True)),
@@ -173,9 +218,11 @@ def reliability_table(
                     "n_items": matrix.shape[1],
                     "n_respondents": matrix.shape[0],
                     "n_complete": complete,
-                    "alpha": cronbach_alpha(matrix),
-                    "omega": omega.omega,
+                    "alpha": float("nan") if alpha_reason else cronbach_alpha(matrix),
+                    "omega": float("nan") if omega_reason else omega.omega,
                     "omega_converged": omega.converged,
+                    "alpha_not_estimable": alpha_reason,
+                    "omega_not_estimable": omega_reason,
                 }
             )
     return pd.DataFrame(rows)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import io
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import matplotlib
 
@@ -14,19 +14,32 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from big5_dagster.lib.common.files import atomic_file
+DPI = 100
 
 
-def save_figure(fig: plt.Figure, path: Path) -> Path:
-    with atomic_file(Path(path)) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+def png_bytes(fig: plt.Figure, dpi: int = DPI) -> bytes:
+    """The figure as PNG bytes (for embedding in a self-contained report), then closed."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
-    return Path(path)
+    return buffer.getvalue()
 
 
-def loss_curves_png(
-    curves: Mapping[str, Sequence[tuple[int, float]]], path: Path, title: str = "training loss"
-) -> Path:
+def markdown_image(image: bytes | plt.Figure, alt: str) -> str:
+    """Markdown showing a PNG (bytes or a figure, then closed) embedded as a data URI: the
+    form in which the Dagster UI draws a picture in an asset's metadata (wrap it in
+    ``MetadataValue.md``). The one way any asset puts a plot in the UI."""
+    png = image if isinstance(image, bytes) else png_bytes(image)
+    encoded = base64.b64encode(png).decode("ascii")
+    return f"![{alt}](data:image/png;base64,{encoded})"
+
+
+def legend_outside(ax: plt.Axes, **kwargs) -> None:
+    """The legend right of the axes, where it cannot cover the data."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, **kwargs)
+
+
+def loss_curves(curves: Mapping[str, Sequence[tuple[int, float]]], title: str) -> bytes:
     """One line per named curve of (step, loss) points."""
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
     for name, points in curves.items():
@@ -37,17 +50,9 @@ def loss_curves_png(
     ax.set_ylabel("loss")
     ax.set_title(title)
     if len(curves) > 1:
-        ax.legend()
+        legend_outside(ax, fontsize=7)
     ax.grid(alpha=0.3)
-    return save_figure(fig, path)
-
-
-def png_bytes(fig: plt.Figure) -> bytes:
-    """The figure as PNG bytes (for embedding in a self-contained report), then closed."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig)
 
 
 def bar_chart(
@@ -69,13 +74,14 @@ def bar_chart(
     ).astype(float)
     fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * len(table) + 2), 3.2))
     if np.isfinite(table.to_numpy()).any():
-        table.plot.bar(ax=ax, legend=hue is not None, width=0.8)
+        table.plot.bar(ax=ax, legend=False, width=0.8)
+        mark_missing_bars(ax, table)
     else:  # e.g. alpha of a condition where every answer failed: say so, do not crash
-        ax.text(0.5, 0.5, "no finite values", ha="center", va="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, "not estimable", ha="center", va="center", transform=ax.transAxes)
     if reference is not None:
         ax.axhline(reference, color="grey", linestyle="--", linewidth=1, label=reference_label)
-        if reference_label:
-            ax.legend(fontsize=7)
+    if hue is not None or reference_label:
+        legend_outside(ax, fontsize=7)
     ax.set_xlabel("")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -84,6 +90,25 @@ def bar_chart(
         label.set_horizontalalignment("right")
     ax.grid(axis="y", alpha=0.3)
     return png_bytes(fig)
+
+
+def mark_missing_bars(ax: plt.Axes, table: pd.DataFrame) -> None:
+    """Write "n/e" (not estimable) where a bar has no finite value, instead of leaving a gap
+    a reader takes for zero."""
+    for container, column in zip(ax.containers, table.columns, strict=False):
+        for patch, value in zip(container.patches, table[column], strict=False):
+            if not np.isfinite(value):
+                ax.annotate(
+                    "n/e",
+                    (patch.get_x() + patch.get_width() / 2, 0),
+                    xytext=(0, 2),
+                    textcoords="offset points",
+                    ha="center",
+                    va="bottom",
+                    rotation=90,
+                    fontsize=6,
+                    color="dimgrey",
+                )
 
 
 def scores_beside_norms(scores: pd.DataFrame, title: str) -> bytes:
@@ -123,13 +148,14 @@ def scores_beside_norms(scores: pd.DataFrame, title: str) -> bytes:
         ax.set_title(trait, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("trait score (1-5)")
-    axes[-1].legend(fontsize=6, loc="lower right")
+    legend_outside(axes[-1], fontsize=6)
     fig.suptitle(title, fontsize=10)
     return png_bytes(fig)
 
 
 def heatmaps(matrices: Mapping[str, pd.DataFrame], title: str) -> bytes:
-    """Correlation matrices side by side on one -1..1 colour scale, values written in."""
+    """Correlation matrices side by side on one -1..1 colour scale, values written in ("n/e"
+    where a correlation is not estimable, e.g. a trait score that does not vary)."""
     fig, axes = plt.subplots(1, len(matrices), figsize=(2.9 * len(matrices), 2.9))
     axes = np.atleast_1d(axes)
     image = None
@@ -141,7 +167,7 @@ def heatmaps(matrices: Mapping[str, pd.DataFrame], title: str) -> bytes:
         ax.set_yticks(range(len(labels)), labels)
         for i in range(values.shape[0]):
             for j in range(values.shape[1]):
-                text = "" if np.isnan(values[i, j]) else f"{values[i, j]:.2f}"
+                text = "n/e" if np.isnan(values[i, j]) else f"{values[i, j]:.2f}"
                 ax.text(j, i, text, ha="center", va="center", fontsize=6)
         ax.set_title(name, fontsize=8)
     if image is not None:

@@ -1,9 +1,12 @@
-"""The run report's sections: each reads the tables it needs from the warehouse (the report is
-one self-contained HTML file of tables and base64 PNG plots, no external
-files or scripts) built from the warehouse tables and lineage of a run.
+"""The run report's sections, in reading order: what the run shows first, the evidence by
+stage, then time and lineage at the end. The report is one self-contained HTML file of
+tables and base64 PNG plots (no external files or scripts) built from the warehouse
+tables and lineage of a run.
 
 Every section reads the tables it needs; a section whose tables are missing says which
-asset to materialize instead of showing an empty plot, and is listed as unfilled.
+asset to materialize instead of showing an empty plot, and is listed as unfilled. A
+statistic that cannot be estimated is shown as "not estimable" with its reason, never as a
+number.
 """
 
 from __future__ import annotations
@@ -14,15 +17,19 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from big5_dagster.lib.dialogues.schema import FLAG_NAMES
 from big5_dagster.lib.personality import correlations as validity
 from big5_dagster.lib.personality import human_reference
-from big5_dagster.lib.report import plots
-from big5_dagster.lib.traits import TRAITS
+from big5_dagster.lib.personality.methods import ADAPTER_METHODS, METHODS
+from big5_dagster.lib.report import figures, plots
+from big5_dagster.lib.report.figures import PRIMARY_SCORER
 
-PRIMARY_SCORER = "logprob"
+COLLAPSE_ROWS = 12
+"""Tables longer than this are folded (click to open): the findings stay in view."""
+NOT_ESTIMABLE = "not estimable"
 
 
 @dataclass
@@ -45,6 +52,8 @@ class Section:
     title: str
     blocks: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    lead: bool = False
+    """One of the sections that open the report (LEAD)."""
 
     @property
     def filled(self) -> bool:
@@ -53,12 +62,23 @@ class Section:
     def text(self, paragraph: str) -> None:
         self.blocks.append(f"<p>{html.escape(paragraph)}</p>")
 
+    def bullets(self, heading: str, items: Sequence[str]) -> None:
+        if items:
+            lines = "".join(f"<li>{html.escape(item)}</li>" for item in items)
+            self.blocks.append(f"<h3>{html.escape(heading)}</h3><ul>{lines}</ul>")
+
     def table(self, frame: pd.DataFrame, caption: str | None = None, digits: int = 3) -> None:
+        """A table; one longer than COLLAPSE_ROWS rows is folded under its caption."""
         numeric = frame.select_dtypes("number").columns
         shown = frame.assign(**{c: frame[c].round(digits) for c in numeric})
-        heading = f"<h4>{html.escape(caption)}</h4>" if caption else ""
         body = shown.to_html(index=False, na_rep="–", border=0, classes="data", escape=True)
-        self.blocks.append(f'{heading}<div class="scroll">{body}</div>')
+        body = f'<div class="scroll">{body}</div>'
+        if len(frame) > COLLAPSE_ROWS:
+            label = html.escape(f"{caption or 'table'} ({len(frame)} rows)")
+            self.blocks.append(f"<details><summary>{label}</summary>{body}</details>")
+        else:
+            heading = f"<h4>{html.escape(caption)}</h4>" if caption else ""
+            self.blocks.append(heading + body)
 
     def image(self, png: bytes, alt: str) -> None:
         encoded = base64.b64encode(png).decode("ascii")
@@ -75,8 +95,24 @@ class Section:
         return frames
 
 
-def _overview(data: ReportData) -> Section:
-    section = Section("overview", "Run and lineage summary")
+def with_reasons(values: pd.Series, reasons: pd.Series | None, digits: int = 2) -> pd.Series:
+    """Values as text, "not estimable (reason)" where a reason is given or the value is not
+    finite (no reason recorded: "not estimable")."""
+    if reasons is None:
+        reasons = pd.Series([None] * len(values), index=values.index)
+    out = []
+    for value, reason in zip(values, reasons, strict=True):
+        if isinstance(reason, str) and reason:
+            out.append(f"{NOT_ESTIMABLE} ({reason})")
+        elif value is None or pd.isna(value) or not np.isfinite(value):
+            out.append(NOT_ESTIMABLE)
+        else:
+            out.append(f"{value:.{digits}f}")
+    return pd.Series(out, index=values.index, dtype="string")
+
+
+def _lineage(data: ReportData) -> Section:
+    section = Section("lineage", "Lineage: the latest materialization of every asset")
     found = section.require(data, "lineage")
     if found is None:
         return section
@@ -202,18 +238,7 @@ def _dialogue_quality(data: ReportData) -> Section:
         f"{len(quality)} personas above chance (0.5)."
     )
     section.table(quality)
-    section.image(
-        plots.bar_chart(
-            quality,
-            "persona",
-            "target_accuracy",
-            title="target-trait accuracy of replies",
-            ylabel="accuracy",
-            reference=0.5,
-            reference_label="chance",
-        ),
-        "dialogue target accuracy",
-    )
+    section.image(figures.dialogue_quality_figure(quality), "dialogue target accuracy")
     return section
 
 
@@ -232,11 +257,8 @@ def _inventory_scores(data: ReportData) -> Section:
         "a bar). Both option orders are averaged within every unit. The grey band is the "
         "human norm (mean ± 1 SD, source in personality_inventory_norms)."
     )
-    for (scorer, inventory), rows in scores.groupby(["scorer", "inventory"]):
-        section.image(
-            plots.scores_beside_norms(rows, f"{inventory}, scorer {scorer}"),
-            f"{inventory} {scorer} scores",
-        )
+    for (scorer, inventory), png in figures.inventory_score_figures(scores).items():
+        section.image(png, f"{inventory} {scorer} scores")
     on_target = scores[
         (scores.persona == "none") | scores.apply(lambda r: r.persona.startswith(r.trait), axis=1)
     ]
@@ -333,21 +355,18 @@ def _reliability(data: ReportData) -> Section:
     (reliability,) = found
     section.text(
         "Per trait and condition over the condition's respondents (personas × runs × option "
-        "orders); human samples typically reach alpha 0.75-0.90 on these scales."
+        "orders). Where a statistic cannot be estimated (too few respondents answered every "
+        "item, or the answers barely vary) it says so and why instead of giving a number; "
+        "plots mark it n/e."
     )
-    section.table(reliability)
-    for (scorer, inventory), rows in reliability.groupby(["scorer", "inventory"]):
-        section.image(
-            plots.bar_chart(
-                rows,
-                "trait",
-                "alpha",
-                "method",
-                ylabel="alpha",
-                title=f"Cronbach's alpha, {inventory} ({scorer})",
-            ),
-            f"alpha {inventory} {scorer}",
-        )
+    shown = reliability.copy()
+    for statistic in ("alpha", "omega"):
+        column = f"{statistic}_not_estimable"
+        reasons = shown.pop(column) if column in shown else None
+        shown[statistic] = with_reasons(shown[statistic], reasons)
+    section.table(shown)
+    for (scorer, inventory), png in figures.reliability_figures(reliability).items():
+        section.image(png, f"alpha {inventory} {scorer}")
     return section
 
 
@@ -370,15 +389,8 @@ def _correlations(data: ReportData) -> Section:
     )
     section.table(distance.drop(columns=["reference"], errors="ignore"))
     human = human_reference.human_trait_correlations()
-    for (scorer, inventory), rows in matrices.groupby(["scorer", "inventory"]):
-        shown = {"human": human}
-        for method, part in rows.groupby("method"):
-            wide = part.pivot(index="trait_a", columns="trait_b", values="r")
-            shown[method] = wide.reindex(index=list(TRAITS), columns=list(TRAITS))
-        section.image(
-            plots.heatmaps(shown, f"{inventory}, scorer {scorer}"),
-            f"correlation heatmaps {inventory} {scorer}",
-        )
+    for (scorer, inventory), png in figures.correlation_figures(matrices, human).items():
+        section.image(png, f"correlation heatmaps {inventory} {scorer}")
     return section
 
 
@@ -440,11 +452,7 @@ def _reasoning(data: ReportData) -> Section:
         "low N score better."
     )
     section.table(counts)
-    shown = by_trait.assign(label=by_trait.method + " · " + by_trait.task + " · " + by_trait.trait)
-    section.image(
-        plots.differences_with_ci(shown, "label", "reasoning: high − low"),
-        "reasoning differences",
-    )
+    section.image(figures.reasoning_figure(by_trait), "reasoning differences")
     return section
 
 
@@ -537,8 +545,216 @@ def _costs(data: ReportData) -> Section:
     return section
 
 
-SECTIONS: tuple[Callable[[ReportData], Section], ...] = (
-    _overview,
+Finding = tuple[list[str], list[str]]
+"""(what the run shows, what it does not show), in plain sentences computed from its tables."""
+
+
+def _interval(low: float, high: float) -> str:
+    return f"95% interval {low:.2f} to {high:.2f}"
+
+
+def _dialogue_finding(data: ReportData) -> Finding:
+    quality = data.table("dialogue_quality")
+    if quality is None:
+        return [], []
+    significant = quality.target_accuracy > 0.5
+    if "target_binom_p" in quality:
+        significant &= quality.target_binom_p < 0.05
+    shows = [
+        f"The trait classifier reads the intended trait level in the replies of "
+        f"{int(significant.sum())} of {len(quality)} personas above chance (one-sided binomial "
+        f"test, p < 0.05); mean target accuracy {quality.target_accuracy.mean():.2f}, chance 0.50."
+    ]
+    weak = quality.persona[~significant].tolist()
+    if not weak:
+        return shows, []
+    return shows, [
+        f"The replies of {len(weak)} personas do not carry their trait level detectably: "
+        f"{', '.join(weak)}."
+    ]
+
+
+def _separation_finding(data: ReportData) -> Finding:
+    separation = data.table("inventory_separation")
+    if separation is None:
+        return [], []
+    target = separation[separation.is_target & (separation.scorer == PRIMARY_SCORER)]
+    target = target[np.isfinite(target.difference.astype(float))]
+    if not len(target):
+        return [], [f"No high-low persona difference could be computed ({PRIMARY_SCORER} answers)."]
+    with_ci = {"diff_ci_low", "diff_ci_high"} <= set(target.columns)
+    shows, limits = [], []
+    for method, rows in target.groupby("method", sort=False):
+        n = len(rows)
+        higher = int((rows.difference > 0).sum())
+        best = rows.loc[rows.difference.idxmax()]
+        sentence = (
+            f"{method}: the high persona scores above the low one on {higher} of {n} trait "
+            f"scales ({', '.join(sorted(rows.inventory.unique()))}, {PRIMARY_SCORER} answers); "
+            f"largest {best.difference:+.2f} scale points ({best.trait}, {best.inventory})"
+        )
+        if with_ci:
+            above = int((rows.diff_ci_low > 0).sum())
+            sentence += f"; its 95% interval is above 0 on {above or 'none'} of them."
+            if above == 0:
+                limits.append(f"{method}: no high-low difference distinguishable from 0.")
+        else:
+            sentence += " (direction only: this table has no intervals)."
+        shows.append(sentence)
+    return shows, limits
+
+
+def _reliability_finding(data: ReportData) -> Finding:
+    reliability = data.table("psychometric_reliability")
+    if reliability is None:
+        return [], []
+    estimable = reliability.alpha.notna()
+    shows, limits = [], []
+    if estimable.any():
+        shows.append(
+            f"Cronbach's alpha: median {reliability.alpha[estimable].median():.2f} over the "
+            f"{int(estimable.sum())} trait × condition cells where it can be estimated."
+        )
+    if (~estimable).any():
+        reasons = reliability.get("alpha_not_estimable")
+        kinds = (
+            reasons[~estimable].fillna("no reason recorded").str.split(":").str[0]
+            if reasons is not None
+            else pd.Series(["no reason recorded"] * int((~estimable).sum()))
+        )
+        counted = "; ".join(f"{reason} ({n})" for reason, n in kinds.value_counts().items())
+        limits.append(
+            f"Cronbach's alpha is not estimable for {int((~estimable).sum())} of "
+            f"{len(reliability)} trait × condition cells: {counted}."
+        )
+    return shows, limits
+
+
+def _correlation_finding(data: ReportData) -> Finding:
+    distance = data.table("trait_correlation_distance")
+    if distance is None or "frobenius" not in distance:
+        return [], []
+    rows = distance[(distance.scorer == PRIMARY_SCORER) & distance.frobenius.notna()]
+    if not len(rows):
+        return [], ["No trait correlation matrix could be computed (too few complete personas)."]
+    by_method = rows.groupby("method").agg(
+        d=("frobenius", "mean"), low=("ci_low", "min"), high=("ci_high", "max")
+    )
+    closest, farthest = by_method.d.idxmin(), by_method.d.idxmax()
+    shows = [
+        f"Trait intercorrelations are closest to the human matrix under {closest} (Frobenius "
+        f"distance {by_method.d[closest]:.2f}) and farthest under {farthest} "
+        f"({by_method.d[farthest]:.2f}), {PRIMARY_SCORER} answers."
+    ]
+    limits = []
+    if closest != farthest:
+        a, b = by_method.loc[closest], by_method.loc[farthest]
+        if not (np.isfinite([a.high, b.low]).all() and a.high < b.low):
+            limits.append(
+                "The methods' correlation distances are not distinguishable: their intervals "
+                "overlap or could not be computed."
+            )
+    if "n_complete_personas" in rows:
+        limits.append(
+            f"Each correlation rests on {int(rows.n_complete_personas.max())} personas' trait "
+            "means, so a single r is uncertain."
+        )
+    return shows, limits
+
+
+def _reasoning_finding(data: ReportData) -> Finding:
+    by_trait = data.table("reasoning_by_trait")
+    if by_trait is None:
+        return [], []
+    n = len(by_trait)
+    excluding = int(((by_trait.ci_low > 0) | (by_trait.ci_high < 0)).sum())
+    shows = [
+        f"Reasoning: {excluding} of {n} high-minus-low differences (method × benchmark × trait) "
+        "have a 95% interval excluding 0."
+    ]
+    limits = [] if excluding else ["No persona changes reasoning scores detectably."]
+    return shows, limits
+
+
+def _failure_finding(data: ReportData) -> Finding:
+    scores = data.table("inventory_scores")
+    if scores is None or not {"n_failed", "n_answered"} <= set(scores.columns):
+        return [], []
+    totals = scores.groupby("scorer")[["n_failed", "n_answered"]].sum()
+    rates = totals.n_failed / (totals.n_failed + totals.n_answered)
+    shows = [
+        "Unusable answers, counted and left out (never imputed): "
+        + ", ".join(f"{scorer} {rate:.0%}" for scorer, rate in rates.items())
+        + "."
+    ]
+    evaluated = set(scores.method)
+    absent = [m for m in METHODS if m not in evaluated]
+    limits = [f"Not evaluated in this run: {', '.join(absent)}."] if absent else []
+    return shows, limits
+
+
+def _seed_finding(data: ReportData) -> Finding:
+    single = [a for a, reports in data.training_reports.items() if len(reports) == 1]
+    if not single:
+        return [], []
+    methods = [
+        a.removesuffix("_adapter") for a in single if a.removesuffix("_adapter") in ADAPTER_METHODS
+    ]
+    return [], [
+        f"{' and '.join(methods)} {'were' if len(methods) > 1 else 'was'} trained with one "
+        "seed: how much the results vary from one training seed to another is not measured."
+    ]
+
+
+FINDINGS: tuple[Callable[[ReportData], Finding], ...] = (
+    _dialogue_finding,
+    _separation_finding,
+    _reliability_finding,
+    _correlation_finding,
+    _reasoning_finding,
+    _failure_finding,
+    _seed_finding,
+)
+FINDING_TABLES = (
+    "dialogue_quality",
+    "inventory_separation",
+    "psychometric_reliability",
+    "trait_correlation_distance",
+    "reasoning_by_trait",
+)
+
+
+def _findings(data: ReportData) -> Section:
+    section = Section("findings", "What this run shows")
+    facts = ", ".join(f"{k} {v}" for k, v in data.run.items() if k != "data directory")
+    if facts:
+        section.text(f"This run: {facts}.")
+    shows, limits = [], []
+    for finding in FINDINGS:
+        more_shows, more_limits = finding(data)
+        shows += more_shows
+        limits += more_limits
+    absent = [t for t in FINDING_TABLES if data.table(t) is None]
+    if absent:
+        limits.append(f"Not in this run's warehouse, so not summarized: {', '.join(absent)}.")
+    if not shows:
+        section.missing.extend(absent)
+        section.text("No results to summarize yet: materialize the evaluation first.")
+    section.bullets("What it shows", shows)
+    section.bullets("What it does not show", limits)
+    section.text(
+        "Every sentence above is computed from this run's tables; the sections below hold "
+        "the evidence, then time and lineage."
+    )
+    return section
+
+
+SectionMaker = Callable[[ReportData], Section]
+
+LEAD: tuple[SectionMaker, ...] = (_findings,)
+"""The sections a reader sees first, in order; the signal ledger is to open the report, so it
+goes first here."""
+BODY: tuple[SectionMaker, ...] = (
     _dataset,
     _classifier_and_experts,
     _dialogue_quality,
@@ -549,5 +765,7 @@ SECTIONS: tuple[Callable[[ReportData], Section], ...] = (
     _validity,
     _reasoning,
     _parse_failures,
-    _costs,
 )
+CLOSING: tuple[SectionMaker, ...] = (_costs, _lineage)
+"""Where the time went and where every number came from, after the results."""
+SECTIONS: tuple[SectionMaker, ...] = (*LEAD, *BODY, *CLOSING)

@@ -208,15 +208,22 @@ def settings_of_run(
 class ProgressLines(TrainerCallback):
     """Feeds human-readable lines (step, loss, DPO rewards, checkpoints) to ``progress``."""
 
-    def __init__(self, progress: Progress | None, method: str) -> None:
+    def __init__(self, progress: Progress | None, method: str, lines: int | None = None) -> None:
+        """``lines``: report about that many steps (and the last) instead of every log."""
         self.progress = progress or log.info
         self.method = method
+        self.lines = lines
+        self.every = 1
 
     def on_train_begin(self, args, state: TrainerState, control: TrainerControl, **kwargs):
+        if self.lines:
+            self.every = max(1, state.max_steps // self.lines)
         self.progress(f"{self.method}: training for {state.max_steps} steps")
 
     def on_log(self, args, state: TrainerState, control: TrainerControl, logs=None, **kwargs):
         if not logs or "loss" not in logs:
+            return
+        if state.global_step % self.every and state.global_step != state.max_steps:
             return
         parts = [
             f"{self.method} step {state.global_step}/{state.max_steps}",
