@@ -30,6 +30,7 @@ def test_instance_file_validates_with_its_classes(path, monkeypatch):
         "BIG5_IMAGE",
     ):
         monkeypatch.setenv(var, "x")
+    monkeypatch.setenv("DAGSTER_PG_PORT", "5433")
     # the instance schema (storage fields included) is checked here; it raises on an error
     config, _ = dagster_instance_config(str(path.parent))
     raw = yaml.safe_load(path.read_text())
@@ -41,7 +42,10 @@ def test_instance_file_validates_with_its_classes(path, monkeypatch):
             cls = getattr(importlib.import_module(entry["module"]), entry["class"])
             result = validate_config(cls.config_type(), entry.get("config", {}))
             assert result.success, result.errors
-    assert config["storage"]["postgres"]["postgres_db"]["port"] == 5432
+    postgres_db = config["storage"]["postgres"]["postgres_db"]
+    assert postgres_db["port"] == {"env": "DAGSTER_PG_PORT"}
+    # a bare postgresql:// would make SQLAlchemy 2.1 look for psycopg 3, which is not installed
+    assert postgres_db["scheme"] == "postgresql+psycopg2"
 
 
 @pytest.mark.parametrize("name", ["in_process", "multiprocess", "k8s", "celery"])

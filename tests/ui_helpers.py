@@ -119,6 +119,40 @@ def write_dagster_home(home: Path) -> Path:
     return home
 
 
+def materialize_dialogue_inputs(
+    data_dir: Path, home: Path, config: Path, traits: Sequence[str]
+) -> None:
+    """Corpora, openers and the experts of ``traits``, small, in-process into ``data_dir``
+    and the instance at ``home``: what big5_chat_replies of those traits' personas reads."""
+    import dagster as dg
+    import torch
+
+    from big5_dagster.config import load_settings
+    from big5_dagster.definitions import build_definitions
+
+    defs = build_definitions(load_settings(config_file=config), data_dir)
+    steps = [
+        (["psychgenerator_posts", "soda_scenarios"], None),
+        (["scenario_openers"], None),
+        *((["trait_experts"], trait) for trait in traits),
+    ]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # see pipeline_env: threads only slow the tiny model down
+    try:
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            for selection, partition in steps:
+                dg.materialize(
+                    list(defs.assets),  # without the experts' quality gate: no classifier here
+                    selection=selection,
+                    instance=instance,
+                    resources=defs.resources,
+                    partition_key=partition,
+                    run_config=small_run_config(*selection),
+                )
+    finally:
+        torch.set_num_threads(threads)
+
+
 def pipeline_env(data_dir: Path, home: Path, config: Path) -> dict[str, str]:
     """The environment of a pipeline process: this data dir, instance and config, offline."""
     env = {k: v for k, v in os.environ.items() if k not in ("BIG5_PROFILE",)}
@@ -143,12 +177,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_group(cmd: Sequence[str], env: Mapping[str, str], log: Path) -> subprocess.Popen:
+def start_group(
+    cmd: Sequence[str], env: Mapping[str, str], log: Path, cwd: Path = REPO_ROOT
+) -> subprocess.Popen:
     """Start ``cmd`` as the leader of a new process group, output to ``log``."""
     with log.open("wb") as out:
         return subprocess.Popen(
             list(cmd),
-            cwd=REPO_ROOT,
+            cwd=cwd,
             env=dict(env),
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -162,10 +198,10 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         os.killpg(proc.pid, sig)
 
 
-def stop_group(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
-    """SIGTERM the process group, wait, then SIGKILL whatever of the group is left."""
+def stop_group(proc: subprocess.Popen, grace_s: float = 20.0, sig: int = signal.SIGTERM) -> None:
+    """Send ``sig`` to the process group, wait, then SIGKILL whatever of the group is left."""
     if proc.poll() is None:
-        _signal_group(proc, signal.SIGTERM)
+        _signal_group(proc, sig)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=grace_s)
     _signal_group(proc, signal.SIGKILL)  # children (code server, run workers) too
@@ -213,6 +249,7 @@ class DagsterServices:
         assets: Sequence[str],
         partition: str | None = None,
         checks: Sequence[tuple[str, str]] | None = None,
+        run_config: Mapping[str, Any] | None = None,
     ) -> str:
         """Launch a run of the asset job over GraphQL; ``checks`` None = the assets' checks."""
         selector: dict[str, Any] = {
@@ -231,7 +268,7 @@ class DagsterServices:
             {
                 "params": {
                     "selector": selector,
-                    "runConfigData": {},
+                    "runConfigData": dict(run_config or {}),
                     "mode": "default",
                     "executionMetadata": {"tags": tags},
                 }
