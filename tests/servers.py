@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ui_helpers import VENV_BIN, free_port, log_tail, start_group, stop_group
+from ui_helpers import VENV_BIN, free_port, log_tail, port_open, start_group, stop_group
 
 PG_USER = "big5"
 PG_DB = "dagster"
@@ -277,7 +277,7 @@ def rabbitmq_server(root: Path) -> Iterator[RabbitMQ]:
         epmd_log = root / "epmd.log"
         epmd = start_group([str(EPMD), "-port", str(epmd_port)], env, epmd_log, cwd=root)
         processes.append(epmd)
-        wait_for("epmd", lambda: _port_open(epmd_port), 30, alive=_exited(epmd, epmd_log))
+        wait_for("epmd", lambda: port_open(epmd_port), 30, alive=_exited(epmd, epmd_log))
         log = root / "rabbitmq.log"
         node = start_group([str(RABBITMQ_SERVER)], env, log, cwd=root)
         processes.append(node)
@@ -285,13 +285,6 @@ def rabbitmq_server(root: Path) -> Iterator[RabbitMQ]:
     finally:
         for process in reversed(processes):
             stop_group(process, grace_s=30)
-
-
-def _port_open(port: int) -> bool:
-    import socket
-
-    with socket.create_connection(("127.0.0.1", port), timeout=1):
-        return True
 
 
 def _amqp_ready(url: str) -> bool:

@@ -124,7 +124,9 @@ def scale_out(tmp_path, tiny_model_dir, monkeypatch):
                 WORKERS, run_config_yaml, env, tmp_path / "workers", instance_yaml=instance_yaml
             )
         )
-        services = stack.enter_context(dagster_services(env, tmp_path / "logs"))
+        services = stack.enter_context(
+            dagster_services(env, tmp_path / "logs", shared_code_server=True)
+        )
         servers.wait_until_consuming(workers)
         run_config = yaml.safe_load(run_config_yaml.read_text())
         run_config["ops"] = {ASSET: {"config": REPLIES_CONFIG}}
