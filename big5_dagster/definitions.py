@@ -22,6 +22,7 @@ from big5_dagster.defs import (
     reasoning,
     report,
     training,
+    warehouse_load,
 )
 from big5_dagster.defs.factory import PROFILE_METADATA
 from big5_dagster.defs.sql_models import build_sql_model_assets
@@ -69,6 +70,9 @@ def build_definitions(
         return automation.with_pipeline_condition(spec)
 
     jobs, schedules, sensors = automation.build(settings)
+    if settings.warehouse_writes == "staged":  # steps stage files; one job loads them
+        jobs = [*jobs, warehouse_load.warehouse_load_job]
+        sensors = [*sensors, warehouse_load.warehouse_load_sensor]
     return dg.Definitions(
         assets=dg.map_asset_specs(stamped, [*python_assets, sql_models]),
         asset_checks=[c for stage in stages for c in stage.asset_checks],

@@ -4,6 +4,7 @@ import importlib
 from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 import pytest
 import yaml
 from dagster._config import validate_config
@@ -11,6 +12,7 @@ from dagster._core.instance.config import dagster_instance_config
 
 from big5_dagster.config import load_settings, settings_from_mapping
 from big5_dagster.definitions import build_definitions, executor_for
+from big5_dagster.defs.warehouse_load import LOAD_JOB, LOAD_SENSOR, LOAD_TAG
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 INSTANCES = sorted(DEPLOY.glob("*/dagster.yaml"))
@@ -63,3 +65,25 @@ def test_run_config_examples_match_their_executor(folder, executor):
     result = validate_config(schema.config_type, run_config["execution"]["config"])
     assert result.success, result.errors
     assert load_settings().executor == "multiprocess"  # the default stays local
+
+
+def test_staged_warehouse_brings_its_loader_and_sensor(tiny_backend, tmp_path):
+    direct = build_definitions(settings_from_mapping({}), tmp_path, {"model": tiny_backend})
+    assert LOAD_JOB not in {j.name for j in direct.jobs or []}
+    settings = settings_from_mapping({"executor": "celery", "warehouse_writes": "staged"})
+    defs = build_definitions(settings, tmp_path, resources={"model": tiny_backend})
+    dg.Definitions.validate_loadable(defs)
+    job = defs.get_job_def(LOAD_JOB)
+    assert job.executor_def is dg.in_process_executor  # on the Dagster host, never a worker
+    assert job.tags[LOAD_TAG] == "load"
+    sensor = defs.get_sensor_def(LOAD_SENSOR)
+    warehouse = defs.resources["warehouse"]
+
+    with dg.DagsterInstance.ephemeral() as instance:
+        context = dg.build_sensor_context(instance=instance, resources={"warehouse": warehouse})
+        assert isinstance(sensor(context), dg.SkipReason)  # nothing staged: the same version
+        warehouse.replace_table("t", pd.DataFrame({"x": [1]}))
+        request = sensor(context)
+        assert isinstance(request, dg.RunRequest) and request.run_key == warehouse.staged_version()
+        assert context.cursor == request.run_key
+        assert isinstance(sensor(context), dg.SkipReason)  # requested once per version

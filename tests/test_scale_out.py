@@ -1,12 +1,14 @@
 """Scale-out on real servers: PostgreSQL storage, RabbitMQ, two dagster-celery workers.
 
-The deploy/celery files are used as they ship. Four persona partitions of
-big5_chat_replies are launched over GraphQL (as from the UI); the daemon starts their
-runs, whose steps go through the Celery executor to two workers that share only the data
-folder, the database and the broker. One worker is killed (SIGKILL, as when its machine
-dies) in the middle of a step: the broker hands the unacknowledged step to the other
-worker, which resumes from the batches the dead one had finished. Afterwards the
-warehouse holds each reply once, and runs, events and lineage are in PostgreSQL and
+The deploy/celery files are used as they ship, with ``warehouse_writes: staged``. Four
+persona partitions of big5_chat_replies are launched over GraphQL (as from the UI); the
+daemon starts their runs, whose steps go through the Celery executor to two workers that
+share only the data folder, the database and the broker. One worker is killed (SIGKILL, as
+when its machine dies) in the middle of a step: the broker hands the unacknowledged step to
+the other worker, which resumes from the batches the dead one had finished. The workers
+stage their rows as files (their warehouse resource refuses to open the DuckDB file); the
+warehouse_load sensor and job, one run at a time on the Dagster host, load them. Afterwards
+the warehouse holds each reply once, and runs, events and lineage are in PostgreSQL and
 visible over GraphQL.
 """
 
@@ -17,7 +19,6 @@ import shutil
 import time
 from pathlib import Path
 
-import duckdb
 import pandas as pd
 import pytest
 import servers
@@ -32,6 +33,8 @@ from ui_helpers import (
 )
 
 from big5_dagster import paths
+from big5_dagster.defs.warehouse_load import LOAD_JOB
+from big5_dagster.resources.warehouse import Warehouse
 
 MISSING = servers.missing()
 pytestmark = pytest.mark.skipif(
@@ -56,6 +59,13 @@ query StepWorkers($runId: ID!) {
         ... on EngineEvent { metadataEntries { label ... on TextMetadataEntry { text } } }
       }
     }
+  }
+}
+"""
+LOAD_RUNS = """
+query LoadRuns($job: String!) {
+  runsOrError(filter: {pipelineName: $job}) {
+    ... on Runs { results { runId status startTime endTime tags { key value } } }
   }
 }
 """
@@ -93,6 +103,26 @@ def finished_batches(data: Path, persona: str) -> int:
     return len(list((data / ASSET / persona).glob(".chunks-*/chunk-*.parquet")))
 
 
+def load_runs(services) -> list[dict]:
+    return services.graphql(LOAD_RUNS, {"job": LOAD_JOB})["runsOrError"]["results"]
+
+
+def wait_for_load_of(services, staged: Warehouse, timeout_s: float = 300) -> list[dict]:
+    """Wait until a warehouse load of the current staged files (its run key is their
+    version) succeeded and none is queued or running; the load runs, oldest first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        runs = load_runs(services)
+        statuses = {r["status"] for r in runs}
+        assert "FAILURE" not in statuses, [services.run_failure(r["runId"]) for r in runs]
+        version = staged.staged_version()
+        keys = {t["value"] for r in runs for t in r["tags"] if t["key"] == "dagster/run_key"}
+        if version in keys and statuses <= {"SUCCESS"}:
+            return sorted(runs, key=lambda r: r["startTime"])
+        time.sleep(1.0)
+    raise TimeoutError(f"no warehouse load of the staged files: {load_runs(services)}")
+
+
 @pytest.fixture
 def scale_out(tmp_path, tiny_model_dir, monkeypatch):
     """Servers, a prepared data folder, two workers, webserver and daemon: all stopped
@@ -103,7 +133,9 @@ def scale_out(tmp_path, tiny_model_dir, monkeypatch):
     instance_yaml = home / "dagster.yaml"
     shutil.copy(DEPLOY / "dagster.yaml", instance_yaml)
     run_config_yaml = DEPLOY / "run_config.yaml"
-    config = write_small_config(tmp_path / "small.yaml", tiny_model_dir, executor="celery")
+    config = write_small_config(
+        tmp_path / "small.yaml", tiny_model_dir, executor="celery", warehouse_writes="staged"
+    )
     with contextlib.ExitStack() as stack:
         postgres = stack.enter_context(servers.postgres_server(tmp_path))
         broker = stack.enter_context(servers.rabbitmq_server(tmp_path / "rabbitmq"))
@@ -179,23 +211,34 @@ def test_four_partitions_on_celery_workers_survive_a_killed_worker(scale_out):
     for other in set(PERSONAS) - {persona}:
         assert len(step_workers(run_events(services, runs[other]))) == 1, other
 
+    # The workers staged files; the loads, one at a time and in-process on the Dagster host,
+    # are the only runs that opened the warehouse.
+    staged = Warehouse(
+        path=str(paths.warehouse_path(data)),
+        writes="staged",
+        staged_dir=str(paths.warehouse_files_dir(data)),
+    )
+    loads = wait_for_load_of(services, staged)
+    for earlier, later in zip(loads, loads[1:], strict=False):
+        assert earlier["endTime"] <= later["startTime"], "two warehouse loads overlapped"
+    for load in loads:
+        assert not step_workers(run_events(services, load["runId"])), "a load ran on Celery"
+
     # Exactly one copy of every reply, one lineage row per partition.
     scenarios = pd.read_parquet(data / "soda_scenarios" / "all" / "scenarios.parquet")
     expected = sorted(scenarios.scenario_id)
-    with duckdb.connect(str(paths.warehouse_path(data)), read_only=True) as con:
-        for p in PERSONAS:
-            ids = [
-                r[0]
-                for r in con.execute(
-                    f"SELECT scenario_id FROM {ASSET} WHERE persona = ? ORDER BY scenario_id", [p]
-                ).fetchall()
-            ]
-            assert ids == expected, p
-        lineage = con.execute(
-            "SELECT partition, run_id, materialization_id, data_version "
-            "FROM lineage.materializations WHERE asset = ?",
-            [ASSET],
-        ).fetchall()
+    warehouse = Warehouse(path=str(paths.warehouse_path(data)))  # under its lock
+    for p in PERSONAS:
+        ids = warehouse.query(
+            f"SELECT scenario_id FROM {ASSET} WHERE persona = ? ORDER BY scenario_id", [p]
+        ).scenario_id.tolist()
+        assert ids == expected, p
+    lineage = warehouse.query(
+        "SELECT partition, run_id, materialization_id, data_version "
+        "FROM lineage.materializations WHERE asset = ?",
+        [ASSET],
+    ).itertuples(index=False, name=None)
+    lineage = list(lineage)
     assert sorted((p, r) for p, r, _, _ in lineage) == sorted((p, runs[p]) for p in PERSONAS)
     lineage_by_run = {r: (mid, version) for _, r, mid, version in lineage}
 

@@ -68,8 +68,11 @@ SECTION_OPS = {
 }
 
 
-def write_small_config(path: Path, model_dir: Path, executor: str = "in_process") -> Path:
-    """A BIG5_CONFIG file: the tiny profile, the tiny model folder and SMALL_SETTINGS.
+def write_small_config(
+    path: Path, model_dir: Path, executor: str = "in_process", **top_level: Any
+) -> Path:
+    """A BIG5_CONFIG file: the tiny profile, the tiny model folder and SMALL_SETTINGS
+    (``top_level``: more top-level settings, e.g. warehouse_writes).
 
     The in-process executor saves each run a second import of the definitions (about
     15 s of CPU here); the separate processes under test give the parallelism.
@@ -77,6 +80,7 @@ def write_small_config(path: Path, model_dir: Path, executor: str = "in_process"
     settings = {
         "extends": "tiny",
         "executor": executor,
+        **top_level,
         "model": {"base_model": str(model_dir), "device": "cpu"},
         **SMALL_SETTINGS,
     }
