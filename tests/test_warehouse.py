@@ -215,3 +215,15 @@ def test_staged_lineage_reads_like_direct_lineage(tmp_path):
     with Warehouse(path=staged.path).session() as c:
         assert format_tree(lineage_tree(c, "experts", "openness")) == tree_direct
     assert "posts" in tree_direct
+
+
+def test_a_staged_query_gets_views_of_the_tables_it_names_only(tmp_path):
+    warehouse = _staged(tmp_path)
+    warehouse.replace_table("answers", pd.DataFrame({"x": [1, 2]}))
+    warehouse.replace_table("answers_cache", pd.DataFrame({"y": [3]}))
+    assert warehouse.query("SELECT sum(x) AS s FROM answers").s.tolist() == [3]
+    listed = "SELECT table_name FROM information_schema.tables ORDER BY 1"
+    with warehouse.session(for_sql="SELECT * FROM answers") as con:
+        assert con.execute(listed).fetchall() == [("answers",)]  # not answers_cache
+    with warehouse.session() as con:
+        assert con.execute(listed).fetchall() == [("answers",), ("answers_cache",)]

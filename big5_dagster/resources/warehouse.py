@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,10 +115,13 @@ class Warehouse(dg.ConfigurableResource):
                 con.close()
 
     @contextlib.contextmanager
-    def session(self) -> Iterator[duckdb.DuckDBPyConnection]:
+    def session(self, for_sql: str | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
         """A connection to read from (and build scratch tables in): the file with direct
         writes; with staged writes an in-memory DuckDB where every staged table is a view
-        over its files (lineage included), current to the last write of any machine."""
+        over its files (lineage included), current to the last write of any machine.
+
+        ``for_sql``: only the staged tables whose name occurs in this SQL get a view (a
+        view reads the footer of every file of its table when it is made)."""
         if self.writes == "direct":
             with self.connect() as con:
                 yield con
@@ -125,6 +129,8 @@ class Warehouse(dg.ConfigurableResource):
         con = duckdb.connect()
         try:
             for schema, name, files in self._staged_tables():
+                if for_sql is not None and not re.search(rf"\b{re.escape(name)}\b", for_sql):
+                    continue
                 con.execute(f"CREATE SCHEMA IF NOT EXISTS {_ident(schema)}")
                 listed = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
                 con.execute(
@@ -136,7 +142,7 @@ class Warehouse(dg.ConfigurableResource):
             con.close()
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> pd.DataFrame:
-        with self.session() as con:
+        with self.session(for_sql=sql) as con:
             return con.execute(sql, params or []).df()
 
     def table_exists(self, name: str, schema: str = "main") -> bool:
