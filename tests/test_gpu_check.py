@@ -13,6 +13,7 @@ import sys
 import zipfile
 
 import pytest
+import torch
 from ui_helpers import REPO_ROOT
 
 from big5_dagster.lib.engine.loading import load_model
@@ -25,7 +26,10 @@ def gpu_check():
     spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # see pipeline_env: threads only slow the tiny model down
+    yield module
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
