@@ -1,8 +1,9 @@
 """Staged warehouse writes give the warehouse a direct-write run gives, through one loader.
 
-The corpora, the inventories and the SQL models over them (which read the warehouse while
-they build) are materialized twice on the same settings: once writing the DuckDB file
-directly, once staging files (no step opens the file) and loading them afterwards.
+The corpora, the inventories and the dbt models over them (dbt reads the warehouse while
+it builds) are materialized twice on the same settings: once writing the DuckDB file
+directly, once staging files (no step opens the file; dbt builds in a scratch file of
+its own) and loading them afterwards.
 """
 
 import dagster as dg
@@ -12,18 +13,31 @@ from ui_helpers import small_run_config
 from big5_dagster import paths
 from big5_dagster.config import settings_from_mapping
 from big5_dagster.definitions import build_definitions
+from big5_dagster.defs.sql_models import GROUP
 from big5_dagster.resources.warehouse import Warehouse
 
 SELECTION = ["psychgenerator_posts", "soda_scenarios", "personality_inventories"]
 SMALL = {"posts": {"n_posts": 600}, "scenarios": {"n_scenarios": 6}}
+SQL_MODELS = {
+    "stg_psychgenerator_posts",
+    "stg_soda_scenarios",
+    "posts_trait_level_counts",
+    "posts_text_length_stats",
+    "scenario_stats",
+}
 
 
-def _materialize(root, writes: str, tiny_backend) -> dg.Definitions:
+def _materialize(root, writes: str, tiny_backend) -> tuple[dg.Definitions, list]:
+    """Materialize the selection, then the dbt models; the models' check evaluations."""
     settings = settings_from_mapping({**SMALL, "warehouse_writes": writes})
     defs = build_definitions(settings, root, resources={"model": tiny_backend})
-    sql_models = [
-        a.key.to_user_string() for a in defs.assets if "sql_models" in a.group_names_by_key.values()
-    ]
+    sql_models = sorted(
+        key.to_user_string()
+        for a in defs.assets
+        for key, group in a.group_names_by_key.items()
+        if group == GROUP
+    )
+    assert set(sql_models) == SQL_MODELS
     with dg.DagsterInstance.ephemeral() as instance:
         for selection in (SELECTION, sql_models):
             result = dg.materialize(
@@ -34,7 +48,7 @@ def _materialize(root, writes: str, tiny_backend) -> dg.Definitions:
                 run_config=small_run_config(*selection),
             )
             assert result.success
-    return defs
+    return defs, result.get_asset_check_evaluations()
 
 
 def _tables(warehouse: Warehouse) -> dict[str, pd.DataFrame]:
@@ -50,19 +64,29 @@ def _tables(warehouse: Warehouse) -> dict[str, pd.DataFrame]:
 
 def test_staged_then_loaded_equals_direct(tmp_path, tiny_backend):
     direct_root, staged_root = tmp_path / "direct", tmp_path / "staged"
-    _materialize(direct_root, "direct", tiny_backend)
-    staged = _materialize(staged_root, "staged", tiny_backend).resources["warehouse"]
+    _, direct_checks = _materialize(direct_root, "direct", tiny_backend)
+    defs, staged_checks = _materialize(staged_root, "staged", tiny_backend)
+    staged = defs.resources["warehouse"]
     assert not paths.warehouse_path(staged_root).exists()  # no step opened the warehouse
+    # dbt's tests ran on the rows it staged, as in direct mode
+    assert {(c.check_name, c.passed) for c in staged_checks} == {
+        (c.check_name, c.passed) for c in direct_checks
+    }
+    assert direct_checks and all(c.passed for c in staged_checks)
+    # each model's rows are staged, whole, before any load
+    assert all(staged.table_exists(name) for name in SQL_MODELS)
 
     report = staged.load_staged()
     assert "lineage.materializations" in report.tables
+    assert {f"main.{name}" for name in SQL_MODELS} <= set(report.tables)
     direct_tables = _tables(Warehouse(path=str(paths.warehouse_path(direct_root))))
     loaded_tables = _tables(Warehouse(path=staged.path))
     assert set(loaded_tables) == set(direct_tables)
-    assert {"stg_psychgenerator_posts", "scenario_stats"} <= set(loaded_tables)
+    assert set(loaded_tables) >= SQL_MODELS
     for name, frame in direct_tables.items():
         pd.testing.assert_frame_equal(loaded_tables[name], frame, check_dtype=False, obj=name)
 
-    count = "SELECT asset, count(*) AS n FROM lineage.materializations GROUP BY 1 ORDER BY 1"
-    direct_lineage = Warehouse(path=str(paths.warehouse_path(direct_root))).query(count)
-    pd.testing.assert_frame_equal(Warehouse(path=staged.path).query(count), direct_lineage)
+    # the same lineage: one row per materialization, with the same data versions
+    versions = "SELECT asset, partition, data_version FROM lineage.materializations ORDER BY ALL"
+    direct_lineage = Warehouse(path=str(paths.warehouse_path(direct_root))).query(versions)
+    pd.testing.assert_frame_equal(Warehouse(path=staged.path).query(versions), direct_lineage)

@@ -24,7 +24,8 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import Iterator, Sequence
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -128,18 +129,44 @@ class Warehouse(dg.ConfigurableResource):
             return
         con = duckdb.connect()
         try:
-            for schema, name, files in self._staged_tables():
-                if for_sql is not None and not re.search(rf"\b{re.escape(name)}\b", for_sql):
-                    continue
-                con.execute(f"CREATE SCHEMA IF NOT EXISTS {_ident(schema)}")
-                listed = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
-                con.execute(
-                    f"CREATE VIEW {_qualified(schema, name)} AS SELECT * FROM "
-                    f"read_parquet([{listed}], union_by_name = true)"
-                )
+            self._add_staged_views(
+                con,
+                lambda _, name: (
+                    for_sql is None or re.search(rf"\b{re.escape(name)}\b", for_sql) is not None
+                ),
+            )
             yield con
         finally:
             con.close()
+
+    @contextlib.contextmanager
+    def scratch(self, tables: Iterable[tuple[str, str]]) -> Iterator[Warehouse]:
+        """With staged writes: a private DuckDB file for a tool that needs a database file
+        to read and build in (dbt), in which each staged table of ``tables`` ((schema,
+        name) pairs) is a view over its files. Named like the warehouse (dbt-duckdb names
+        the database after the file), in a temporary folder of this machine, removed on
+        exit; what is built there reaches the warehouse only if it is staged."""
+        if self.writes != "staged":
+            raise WarehouseError("warehouse_writes is 'direct': build in the warehouse itself")
+        wanted = set(tables)
+        with tempfile.TemporaryDirectory(prefix="big5-scratch-") as folder:
+            scratch = Warehouse(path=str(Path(folder) / Path(self.path).name))
+            with scratch.connect() as con:
+                self._add_staged_views(con, lambda schema, name: (schema, name) in wanted)
+            yield scratch
+
+    def _add_staged_views(
+        self, con: duckdb.DuckDBPyConnection, wanted: Callable[[str, str], bool]
+    ) -> None:
+        for schema, name, files in self._staged_tables():
+            if not wanted(schema, name):
+                continue
+            con.execute(f"CREATE SCHEMA IF NOT EXISTS {_ident(schema)}")
+            listed = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
+            con.execute(
+                f"CREATE VIEW {_qualified(schema, name)} AS SELECT * FROM "
+                f"read_parquet([{listed}], union_by_name = true)"
+            )
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> pd.DataFrame:
         with self.session(for_sql=sql) as con:
