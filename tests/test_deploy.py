@@ -12,7 +12,8 @@ from dagster._core.instance.config import dagster_instance_config
 
 from big5_dagster.config import load_settings, settings_from_mapping
 from big5_dagster.definitions import build_definitions, executor_for
-from big5_dagster.defs.warehouse_load import LOAD_JOB, LOAD_SENSOR, LOAD_TAG
+from big5_dagster.defs.warehouse_load import LOAD_JOB, LOAD_SENSOR, LOAD_TAG, STAGED_VERSION_TAG
+from big5_dagster.resources.warehouse import Warehouse
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 INSTANCES = sorted(DEPLOY.glob("*/dagster.yaml"))
@@ -81,9 +82,29 @@ def test_staged_warehouse_brings_its_loader_and_sensor(tiny_backend, tmp_path):
 
     with dg.DagsterInstance.ephemeral() as instance:
         context = dg.build_sensor_context(instance=instance, resources={"warehouse": warehouse})
-        assert isinstance(sensor(context), dg.SkipReason)  # nothing staged: the same version
+        assert isinstance(sensor(context), dg.SkipReason)  # nothing staged
         warehouse.replace_table("t", pd.DataFrame({"x": [1]}))
         request = sensor(context)
-        assert isinstance(request, dg.RunRequest) and request.run_key == warehouse.staged_version()
-        assert context.cursor == request.run_key
-        assert isinstance(sensor(context), dg.SkipReason)  # requested once per version
+        assert isinstance(request, dg.RunRequest)
+        assert request.tags[STAGED_VERSION_TAG] == warehouse.staged_version()
+        assert sensor(context).tags == request.tags  # not loaded yet
+        # A load that fails (here: the warehouse path is a folder) is not restarted on the
+        # same files ...
+        broken = Warehouse(path=str(tmp_path), writes="staged", staged_dir=warehouse.staged_dir)
+        failed = job.execute_in_process(
+            instance=instance,
+            tags=request.tags,
+            resources={"warehouse": broken},
+            raise_on_error=False,
+        )
+        assert not failed.success
+        skip = sensor(context)
+        assert isinstance(skip, dg.SkipReason) and failed.run_id in skip.skip_message
+        # ... a new write tries again, and a successful load leaves nothing to do.
+        warehouse.replace_table("t", pd.DataFrame({"x": [1, 2]}))
+        assert isinstance(sensor(context), dg.RunRequest)
+        warehouse.load_staged()
+        assert warehouse.loaded_version() == warehouse.staged_version()
+        assert isinstance(sensor(context), dg.SkipReason)  # the warehouse holds it all
+        warehouse.replace_table("t", pd.DataFrame({"x": [2]}))
+        assert isinstance(sensor(context), dg.RunRequest)  # a new write: load again

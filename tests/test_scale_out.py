@@ -107,17 +107,24 @@ def load_runs(services) -> list[dict]:
     return services.graphql(LOAD_RUNS, {"job": LOAD_JOB})["runsOrError"]["results"]
 
 
+def staged_warehouse(data: Path) -> Warehouse:
+    """The warehouse of the shared data folder as the Dagster host sees it."""
+    return Warehouse(
+        path=str(paths.warehouse_path(data)),
+        writes="staged",
+        staged_dir=str(paths.warehouse_files_dir(data)),
+    )
+
+
 def wait_for_load_of(services, staged: Warehouse, timeout_s: float = 300) -> list[dict]:
-    """Wait until a warehouse load of the current staged files (its run key is their
-    version) succeeded and none is queued or running; the load runs, oldest first."""
+    """Wait until the sensor's loads have brought the warehouse up to the current staged
+    files and none is queued or running; the load runs, oldest first."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         runs = load_runs(services)
         statuses = {r["status"] for r in runs}
         assert "FAILURE" not in statuses, [services.run_failure(r["runId"]) for r in runs]
-        version = staged.staged_version()
-        keys = {t["value"] for r in runs for t in r["tags"] if t["key"] == "dagster/run_key"}
-        if version in keys and statuses <= {"SUCCESS"}:
+        if runs and statuses <= {"SUCCESS"} and staged.loaded_version() == staged.staged_version():
             return sorted(runs, key=lambda r: r["startTime"])
         time.sleep(1.0)
     raise TimeoutError(f"no warehouse load of the staged files: {load_runs(services)}")
@@ -149,6 +156,9 @@ def scale_out(tmp_path, tiny_model_dir, monkeypatch):
         monkeypatch.setenv("DAGSTER_HOME", str(home))
         # The upstream inputs, in-process, recorded in Postgres while RabbitMQ boots.
         materialize_dialogue_inputs(data, home, config, TRAITS)
+        # ... staged, and loaded here on the Dagster host (as `big5 demo` does): the sensor
+        # has nothing to load until the workers stage replies.
+        staged_warehouse(data).load_staged()
         broker.wait_ready()
         env = {**pipeline_env(data, home, config), **deployment}
         workers = stack.enter_context(
@@ -213,12 +223,7 @@ def test_four_partitions_on_celery_workers_survive_a_killed_worker(scale_out):
 
     # The workers staged files; the loads, one at a time and in-process on the Dagster host,
     # are the only runs that opened the warehouse.
-    staged = Warehouse(
-        path=str(paths.warehouse_path(data)),
-        writes="staged",
-        staged_dir=str(paths.warehouse_files_dir(data)),
-    )
-    loads = wait_for_load_of(services, staged)
+    loads = wait_for_load_of(services, staged_warehouse(data))
     for earlier, later in zip(loads, loads[1:], strict=False):
         assert earlier["endTime"] <= later["startTime"], "two warehouse loads overlapped"
     for load in loads:

@@ -5,7 +5,10 @@ the ``warehouse_load`` job replays new and changed files into the DuckDB warehou
 in the run worker on the Dagster host (in-process executor: never on a Celery or
 Kubernetes worker), and the deploy/ instance files allow one run tagged ``big5/warehouse``
 at a time, so there is one writer in the whole deployment. The sensor starts a load when
-the staged files have changed since the last load it requested.
+the staged files differ from those the last successful load started from (so a load made
+by hand or by ``big5 demo`` counts), unless the last load failed on these very files: a
+new write, or a load launched by hand, tries again (a failing load is not restarted
+every tick).
 """
 
 import dagster as dg
@@ -16,6 +19,8 @@ LOAD_JOB = "warehouse_load"
 LOAD_SENSOR = "warehouse_load_sensor"
 LOAD_TAG = "big5/warehouse"
 """Run tag of the loader; the run queue limits it to one run at a time (deploy/*)."""
+STAGED_VERSION_TAG = "big5/staged_version"
+"""Run tag of a load the sensor requested: the staged version it saw."""
 ACTIVE = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
@@ -30,7 +35,8 @@ def load_staged_files(context: dg.OpExecutionContext, warehouse: Warehouse) -> N
     report = warehouse.load_staged()
     context.log.info(
         f"loaded {report.files_applied} staged files ({report.files_unchanged} unchanged) "
-        f"into {warehouse.path}: {', '.join(report.tables) or 'no table changed'}"
+        f"into {warehouse.path}: {', '.join(report.tables) or 'no table changed'}; "
+        f"staged version {warehouse.loaded_version()}"
     )
 
 
@@ -50,19 +56,29 @@ def warehouse_load_job() -> None:
     job=warehouse_load_job,
     minimum_interval_seconds=10,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Start warehouse_load when the staged files changed and no load is queued "
-    "or running. A failed load is retried at the next change, or launch it by hand.",
+    description="Start warehouse_load when the staged files differ from those the last "
+    "successful load started from, no load is queued or running and the last load did not "
+    "fail on these same files.",
 )
 def warehouse_load_sensor(context: dg.SensorEvaluationContext, warehouse: Warehouse):
     version = warehouse.staged_version()
     if version is None:
         return dg.SkipReason("nothing is staged yet")
-    if version == context.cursor:
-        return dg.SkipReason("no staged file changed since the last load")
+    if version == warehouse.loaded_version():
+        return dg.SkipReason("the warehouse holds every staged file")
     active = context.instance.get_runs(
         filters=dg.RunsFilter(job_name=LOAD_JOB, statuses=ACTIVE), limit=1
     )
     if active:
         return dg.SkipReason(f"load {active[0].run_id} is queued or running")
-    context.update_cursor(version)
-    return dg.RunRequest(run_key=version)
+    last = context.instance.get_runs(filters=dg.RunsFilter(job_name=LOAD_JOB), limit=1)
+    if (
+        last
+        and last[0].status == dg.DagsterRunStatus.FAILURE
+        and last[0].tags.get(STAGED_VERSION_TAG) == version
+    ):
+        return dg.SkipReason(
+            f"load {last[0].run_id} of these staged files failed: a new write or a load "
+            "launched by hand tries again"
+        )
+    return dg.RunRequest(tags={STAGED_VERSION_TAG: version})

@@ -47,6 +47,8 @@ ROWS_PREFIX = "rows-"
 WHERE_KEY = b"big5.where"
 LOAD_SCHEMA = "big5_load"
 """Where the loader records which staged file versions it has applied."""
+LOADED_SUFFIX = ".loaded"
+"""Beside the warehouse file: the staged version the last load started from."""
 
 
 class WarehouseError(RuntimeError):
@@ -275,12 +277,14 @@ class Warehouse(dg.ConfigurableResource):
         twice gives the same table (its rows replace those of its key), so a load that
         crashes, or runs after a retried step rewrote a partition, leaves one copy of
         every row. Only one load runs at a time: the ``warehouse_load`` job is limited to
-        one run in the deployment, and the file lock guards the local file as well.
+        one run in the deployment, and the file lock guards the local file as well. After
+        the commit, :meth:`loaded_version` is the :meth:`staged_version` taken at the start.
         """
         if self.writes != "staged":
             raise WarehouseError("warehouse_writes is 'direct': there are no staged files")
         applied, unchanged, tables = 0, 0, []
         with self._file_connection() as con:
+            staged = self.staged_version()  # before any file is read: never newer than them
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {LOAD_SCHEMA}")
             con.execute(
                 f"CREATE TABLE IF NOT EXISTS {LOAD_SCHEMA}.applied "
@@ -315,7 +319,19 @@ class Warehouse(dg.ConfigurableResource):
                         tables.append(f"{schema}.{name}")
 
             _transaction(con, apply_all)
+            if staged is not None:
+                with atomic_file(self._loaded_marker()) as tmp:
+                    tmp.write_text(staged + "\n", encoding="utf-8")
         return LoadReport(files_applied=applied, files_unchanged=unchanged, tables=tuple(tables))
+
+    def _loaded_marker(self) -> Path:
+        return Path(self.path + LOADED_SUFFIX)
+
+    def loaded_version(self) -> str | None:
+        """The :meth:`staged_version` the last successful load started from (None: none
+        yet). Read without opening the warehouse, so a sensor can compare the two."""
+        marker = self._loaded_marker()
+        return marker.read_text(encoding="utf-8").strip() if marker.exists() else None
 
     def staged_version(self) -> str | None:
         """A fingerprint of every staged file (names, sizes, times), which changes with any
