@@ -24,7 +24,7 @@ from big5_dagster.defs import (
     training,
     warehouse_load,
 )
-from big5_dagster.defs.factory import PROFILE_METADATA
+from big5_dagster.defs.factory import PROFILE_METADATA, step_retry_policy
 from big5_dagster.defs.sql_models import build_sql_model_assets
 from big5_dagster.resources import build_resources
 
@@ -60,7 +60,10 @@ def build_definitions(
     stages = [stage.build(settings) for stage in STAGES]
     python_assets = [a for stage in stages for a in stage.assets]
     sql_models = build_sql_model_assets(
-        paths.sql_models_dir(), paths.warehouse_path(root), python_assets
+        paths.sql_models_dir(),
+        paths.warehouse_path(root),
+        python_assets,
+        retry_policy=step_retry_policy(settings),
     )
 
     def stamped(spec: dg.AssetSpec) -> dg.AssetSpec:

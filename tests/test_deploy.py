@@ -12,6 +12,8 @@ from dagster._core.instance.config import dagster_instance_config
 
 from big5_dagster.config import load_settings, settings_from_mapping
 from big5_dagster.definitions import build_definitions, executor_for
+from big5_dagster.defs.factory import REMOTE_STEP_RETRY_POLICY
+from big5_dagster.defs.tracking import previous_attempt_lost
 from big5_dagster.defs.warehouse_load import LOAD_JOB, LOAD_SENSOR, LOAD_TAG, STAGED_VERSION_TAG
 from big5_dagster.resources.warehouse import Warehouse
 
@@ -57,6 +59,30 @@ def test_executors_load_into_the_definitions(name, tiny_backend, tmp_path):
     defs = build_definitions(settings, tmp_path, resources={"model": tiny_backend})
     dg.Definitions.validate_loadable(defs)
     assert defs.executor is executor_for(name)
+    # Steps on other machines are retried (a lost machine is ordinary); local ones are not.
+    policies = {a.op.name: a.op.retry_policy for a in defs.assets}
+    assert "sql_models" in policies and len(policies) > 20
+    expected = REMOTE_STEP_RETRY_POLICY if name in ("k8s", "celery") else None
+    assert set(policies.values()) == {expected}, policies
+
+
+START, RESTART = dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_RESTARTED
+RETRY, SUCCESS = dg.DagsterEventType.STEP_UP_FOR_RETRY, dg.DagsterEventType.STEP_SUCCESS
+
+
+@pytest.mark.parametrize(
+    "kinds,lost",
+    [
+        ([START], False),  # a first attempt
+        ([START, START], True),  # redelivered after its worker died
+        ([START, RETRY, RESTART], False),  # an ordinary retry
+        ([START, START, RETRY, RESTART], False),  # the retry of a lost attempt
+        ([START, RETRY, RESTART, RESTART], True),  # the retry was lost in its turn
+        ([START, SUCCESS, START], False),  # a finished step began again (resumed run)
+    ],
+)
+def test_a_lost_attempt_is_one_that_began_and_never_ended(kinds, lost):
+    assert previous_attempt_lost(kinds) is lost
 
 
 @pytest.mark.parametrize("folder,executor", [("kubernetes", "k8s"), ("celery", "celery")])

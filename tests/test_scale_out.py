@@ -5,7 +5,8 @@ persona partitions of big5_chat_replies are launched over GraphQL (as from the U
 daemon starts their runs, whose steps go through the Celery executor to two workers that
 share only the data folder, the database and the broker. One worker is killed (SIGKILL, as
 when its machine dies) in the middle of a step: the broker hands the unacknowledged step to
-the other worker, which resumes from the batches the dead one had finished. The workers
+the other worker, where it sees the lost attempt and fails into its Dagster retry policy;
+the retry resumes from the batches the dead one had finished. The workers
 stage their rows as files (their warehouse resource refuses to open the DuckDB file); the
 warehouse_load sensor and job, one run at a time on the Dagster host, load them. Afterwards
 the warehouse holds each reply once, and runs, events and lineage are in PostgreSQL and
@@ -57,6 +58,9 @@ query StepWorkers($runId: ID!) {
         __typename
         ... on MessageEvent { message }
         ... on EngineEvent { metadataEntries { label ... on TextMetadataEntry { text } } }
+        ... on ExecutionStepUpForRetryEvent {
+          error { message cause { message cause { message } } }
+        }
       }
     }
   }
@@ -87,6 +91,15 @@ query Materializations($partitions: [String!]) {
 
 def run_events(services, run_id: str) -> list[dict]:
     return services.graphql(STEP_WORKERS, {"runId": run_id})["logsForRun"]["events"]
+
+
+def error_messages(error: dict | None) -> str:
+    """A GraphQL PythonError's message and those of its causes."""
+    messages = []
+    while error:
+        messages.append(error["message"])
+        error = error.get("cause")
+    return "\n".join(messages)
 
 
 def step_workers(events: list[dict]) -> list[str]:
@@ -211,9 +224,16 @@ def test_four_partitions_on_celery_workers_survive_a_killed_worker(scale_out):
     assert not failures, failures
     assert survivor.alive(), survivor.log.read_text(errors="replace")[-4000:]
 
-    # The killed worker's step went to the other worker, which resumed it.
+    # The killed worker's step went to the other worker, where it failed into its retry
+    # policy (nothing else could have failed it: the step never began anywhere else) ...
     events = run_events(services, runs[persona])
-    assert step_workers(events) == [victim.name, survivor.name]
+    assert step_workers(events) == [victim.name, survivor.name, survivor.name]
+    kinds = [e["__typename"] for e in events]
+    assert kinds.count("ExecutionStepStartEvent") == 2  # the lost attempt and its redelivery
+    (retry,) = [e for e in events if e["__typename"] == "ExecutionStepUpForRetryEvent"]
+    assert "was lost before the step ended" in error_messages(retry["error"]), retry
+    assert kinds.count("ExecutionStepRestartEvent") == 1
+    # ... and the retry resumed from the batches the dead worker had finished.
     resumed = f"resuming: {done_at_kill} of {N_SCENARIOS} batches already done"
     assert any(resumed in (e.get("message") or "") for e in events), (
         f"no {resumed!r} in the run's log"

@@ -27,7 +27,7 @@ import pandas as pd
 from dagster_dbt import DagsterDbtTranslator, DbtCliInvocation, DbtProject, dbt_assets
 from filelock import FileLock
 
-from big5_dagster.defs.tracking import Tracker
+from big5_dagster.defs.tracking import Tracker, fail_if_previous_attempt_lost
 from big5_dagster.lib.common.hashing import hash_dataframe
 from big5_dagster.resources.dbt import WAREHOUSE_PATH_ENV, WarehouseDbtCli, dbt_resource
 from big5_dagster.resources.warehouse import Warehouse
@@ -233,6 +233,7 @@ def build_sql_model_assets(
     project_dir: Path,
     warehouse_path: Path,
     python_assets: Sequence[dg.AssetsDefinition],
+    retry_policy: dg.RetryPolicy | None = None,
 ) -> dg.AssetsDefinition:
     """The dbt models as one multi-asset (each model selectable on its own) in the
     warehouse pool; a source that does not map to the asset writing it fails here."""
@@ -247,10 +248,12 @@ def build_sql_model_assets(
         project=project,
         dagster_dbt_translator=translator,
         pool="warehouse",
+        retry_policy=retry_policy,
     )
     def sql_models(
         context: dg.AssetExecutionContext, dbt: WarehouseDbtCli, warehouse: Warehouse
     ) -> Iterator[Any]:
+        fail_if_previous_attempt_lost(context)  # before dbt runs (the trackers come after)
         if warehouse.writes == "staged":
             # dbt builds in a scratch file of this machine; what it built is staged whole.
             with warehouse.scratch(tables_read) as scratch, dbt.building_in(scratch.path):
