@@ -16,7 +16,7 @@ DBT_DIR      := dbt_like_sql
 DBT_MANIFEST := $(DBT_DIR)/target/manifest.json
 DBT_FILES    := $(DBT_DIR)/dbt_project.yml $(DBT_DIR)/profiles.yml $(shell find $(DBT_DIR)/models -name '*.sql' -o -name '*.yml')
 
-.PHONY: setup demo test lint format ui clean-data
+.PHONY: setup demo test lint format ui clean-data gpu-bundle
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed (set PYTHON=...)")'
@@ -58,6 +58,11 @@ ui: setup
 	@trap 'kill 0' INT TERM EXIT; \
 	$(BIN)/dagster-daemon run -w workspace.yaml & \
 	$(BIN)/dagster-webserver -h $(HOST) -p $(PORT) -w workspace.yaml
+
+# What scripts/gpu_check.py needs on a stock PyTorch + CUDA image (Python 3.12 wheels, the
+# SmolLM2 tokenizer), under 60 MB; on the GPU machine: python3 scripts/gpu_check.py run --bundle gpu_bundle
+gpu-bundle: setup
+	$(BIN)/python scripts/gpu_check.py prepare gpu_bundle
 
 clean-data:
 	rm -rf $(DATA)/*/ $(DATA)/warehouse.duckdb*

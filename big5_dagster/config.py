@@ -342,6 +342,10 @@ class Settings(BaseModel):
     """How Dagster runs the steps of a run (deploy/ has instance files for k8s and celery)."""
     data_dir: str | None = None
     """Where artifacts and the warehouse live; BIG5_DATA_DIR overrides; default ./assets_data."""
+    warehouse_writes: Literal["direct", "staged"] = "direct"
+    """direct: each step writes the DuckDB warehouse under a file lock (one machine). staged:
+    steps write parquet files under <data>/warehouse_files and only the warehouse_load job
+    opens the warehouse (machines sharing only the data folder; see README, Scaling out)."""
     model: ModelSettings = ModelSettings()
     posts: PostsSettings = PostsSettings()
     scenarios: ScenarioSettings = ScenarioSettings()

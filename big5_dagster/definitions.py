@@ -23,8 +23,9 @@ from big5_dagster.defs import (
     reasoning,
     report,
     training,
+    warehouse_load,
 )
-from big5_dagster.defs.factory import PROFILE_METADATA
+from big5_dagster.defs.factory import PROFILE_METADATA, step_retry_policy
 from big5_dagster.defs.sql_models import build_sql_model_assets
 from big5_dagster.resources import build_resources
 
@@ -60,7 +61,10 @@ def build_definitions(
     stages = [stage.build(settings) for stage in STAGES]
     python_assets = [a for stage in stages for a in stage.assets]
     sql_models = build_sql_model_assets(
-        paths.sql_models_dir(), paths.warehouse_path(root), python_assets
+        paths.sql_models_dir(),
+        paths.warehouse_path(root),
+        python_assets,
+        retry_policy=step_retry_policy(settings),
     )
 
     def stamped(spec: dg.AssetSpec) -> dg.AssetSpec:
@@ -70,6 +74,9 @@ def build_definitions(
         return automation.with_pipeline_condition(spec)
 
     jobs, schedules, sensors = automation.build(settings)
+    if settings.warehouse_writes == "staged":  # steps stage files; one job loads them
+        jobs = [*jobs, warehouse_load.warehouse_load_job]
+        sensors = [*sensors, warehouse_load.warehouse_load_sensor]
     return dg.Definitions(
         assets=dg.map_asset_specs(stamped, [*python_assets, sql_models]),
         asset_checks=[c for stage in stages for c in stage.asset_checks],

@@ -30,6 +30,11 @@ def warehouse_path(root: Path) -> Path:
     return root / "warehouse.duckdb"
 
 
+def warehouse_files_dir(root: Path) -> Path:
+    """The staged table files of ``warehouse_writes: staged``, one folder per table."""
+    return root / "warehouse_files"
+
+
 def models_dir(root: Path) -> Path:
     return root / "models"
 

@@ -21,15 +21,14 @@ import dagster as dg
 import duckdb
 import pandas as pd
 import pytest
-import torch
 from filelock import FileLock, Timeout
 from ui_helpers import (
     N_SCENARIOS,
     REPO_ROOT,
     VENV_BIN,
     log_tail,
+    materialize_dialogue_inputs,
     pipeline_env,
-    small_run_config,
     start_group,
     stop_group,
     write_dagster_home,
@@ -37,8 +36,6 @@ from ui_helpers import (
 )
 
 from big5_dagster import paths
-from big5_dagster.config import load_settings
-from big5_dagster.definitions import build_definitions
 from big5_dagster.resources.warehouse import Warehouse
 
 TRAITS_BUILT = ("openness", "conscientiousness")
@@ -76,27 +73,7 @@ def prepared(tmp_path_factory, tiny_model_dir: Path) -> Prepared:
     data = root / "data"
     home = write_dagster_home(root / "dagster_home")
     config = write_small_config(root / "small.yaml", tiny_model_dir)
-    defs = build_definitions(load_settings(config_file=config), data)
-    steps = [
-        (["psychgenerator_posts", "soda_scenarios"], None),
-        (["scenario_openers"], None),
-        *((["trait_experts"], trait) for trait in TRAITS_BUILT),
-    ]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # see pipeline_env: threads only slow the tiny model down
-    try:
-        with dg.DagsterInstance.from_config(str(home)) as instance:
-            for selection, partition in steps:
-                dg.materialize(
-                    list(defs.assets),  # without the experts' quality gate: no classifier here
-                    selection=selection,
-                    instance=instance,
-                    resources=defs.resources,
-                    partition_key=partition,
-                    run_config=small_run_config(*selection),
-                )
-    finally:
-        torch.set_num_threads(threads)
+    materialize_dialogue_inputs(data, home, config, TRAITS_BUILT)
     return Prepared(data=data, home=home, env=pipeline_env(data, home, config))
 
 

@@ -70,8 +70,11 @@ SECTION_OPS = {
 }
 
 
-def write_small_config(path: Path, model_dir: Path, executor: str = "in_process") -> Path:
-    """A BIG5_CONFIG file: the tiny profile, the tiny model folder and SMALL_SETTINGS.
+def write_small_config(
+    path: Path, model_dir: Path, executor: str = "in_process", **top_level: Any
+) -> Path:
+    """A BIG5_CONFIG file: the tiny profile, the tiny model folder and SMALL_SETTINGS
+    (``top_level``: more top-level settings, e.g. warehouse_writes).
 
     The in-process executor saves each run a second import of the definitions (about
     15 s of CPU here); the separate processes under test give the parallelism.
@@ -79,6 +82,7 @@ def write_small_config(path: Path, model_dir: Path, executor: str = "in_process"
     settings = {
         "extends": "tiny",
         "executor": executor,
+        **top_level,
         "model": {"base_model": str(model_dir), "device": "cpu"},
         **SMALL_SETTINGS,
     }
@@ -121,6 +125,40 @@ def write_dagster_home(home: Path) -> Path:
     return home
 
 
+def materialize_dialogue_inputs(
+    data_dir: Path, home: Path, config: Path, traits: Sequence[str]
+) -> None:
+    """Corpora, openers and the experts of ``traits``, small, in-process into ``data_dir``
+    and the instance at ``home``: what big5_chat_replies of those traits' personas reads."""
+    import dagster as dg
+    import torch
+
+    from big5_dagster.config import load_settings
+    from big5_dagster.definitions import build_definitions
+
+    defs = build_definitions(load_settings(config_file=config), data_dir)
+    steps = [
+        (["psychgenerator_posts", "soda_scenarios"], None),
+        (["scenario_openers"], None),
+        *((["trait_experts"], trait) for trait in traits),
+    ]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # see pipeline_env: threads only slow the tiny model down
+    try:
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            for selection, partition in steps:
+                dg.materialize(
+                    list(defs.assets),  # without the experts' quality gate: no classifier here
+                    selection=selection,
+                    instance=instance,
+                    resources=defs.resources,
+                    partition_key=partition,
+                    run_config=small_run_config(*selection),
+                )
+    finally:
+        torch.set_num_threads(threads)
+
+
 def pipeline_env(data_dir: Path, home: Path, config: Path) -> dict[str, str]:
     """The environment of a pipeline process: this data dir, instance and config, offline."""
     env = {k: v for k, v in os.environ.items() if k not in ("BIG5_PROFILE",)}
@@ -145,12 +183,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_group(cmd: Sequence[str], env: Mapping[str, str], log: Path) -> subprocess.Popen:
+def start_group(
+    cmd: Sequence[str], env: Mapping[str, str], log: Path, cwd: Path = REPO_ROOT
+) -> subprocess.Popen:
     """Start ``cmd`` as the leader of a new process group, output to ``log``."""
     with log.open("wb") as out:
         return subprocess.Popen(
             list(cmd),
-            cwd=REPO_ROOT,
+            cwd=cwd,
             env=dict(env),
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -164,10 +204,10 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         os.killpg(proc.pid, sig)
 
 
-def stop_group(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
-    """SIGTERM the process group, wait, then SIGKILL whatever of the group is left."""
+def stop_group(proc: subprocess.Popen, grace_s: float = 20.0, sig: int = signal.SIGTERM) -> None:
+    """Send ``sig`` to the process group, wait, then SIGKILL whatever of the group is left."""
     if proc.poll() is None:
-        _signal_group(proc, signal.SIGTERM)
+        _signal_group(proc, sig)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=grace_s)
     _signal_group(proc, signal.SIGKILL)  # children (code server, run workers) too
@@ -215,6 +255,7 @@ class DagsterServices:
         assets: Sequence[str],
         partition: str | None = None,
         checks: Sequence[tuple[str, str]] | None = None,
+        run_config: Mapping[str, Any] | None = None,
     ) -> str:
         """Launch a run of the asset job over GraphQL; ``checks`` None = the assets' checks."""
         selector: dict[str, Any] = {
@@ -233,7 +274,7 @@ class DagsterServices:
             {
                 "params": {
                     "selector": selector,
-                    "runConfigData": {},
+                    "runConfigData": dict(run_config or {}),
                     "mode": "default",
                     "executionMetadata": {"tags": tags},
                 }
@@ -339,6 +380,11 @@ def _wait_until(what: str, ready, timeout_s: float, services: DagsterServices) -
     )
 
 
+def port_open(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+
+
 def _location_loaded(services: DagsterServices) -> bool:
     data = services.graphql(LOCATION_STATUS)
     (entry,) = [e for e in data["workspaceOrError"]["locationEntries"] if e["name"] == LOCATION]
@@ -350,30 +396,77 @@ def _location_loaded(services: DagsterServices) -> bool:
 
 @contextlib.contextmanager
 def dagster_services(
-    env: Mapping[str, str], log_dir: Path, startup_timeout_s: float = 420.0
+    env: Mapping[str, str],
+    log_dir: Path,
+    startup_timeout_s: float = 420.0,
+    shared_code_server: bool = False,
 ) -> Iterator[DagsterServices]:
     """dagster-webserver (127.0.0.1, a free port) and dagster-daemon on ``env``'s
-    DAGSTER_HOME, loaded from the repo's workspace.yaml; both are stopped on exit."""
+    DAGSTER_HOME, loaded from the repo's workspace.yaml; all are stopped on exit.
+
+    ``shared_code_server``: one `dagster api grpc` code server serves both (and launches the
+    runs), instead of one each: the definitions are imported once less (15-40 s of CPU here).
+    """
     port = free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
     services = DagsterServices(
         url=f"http://127.0.0.1:{port}",
         env=dict(env),
-        logs={"webserver": log_dir / "webserver.log", "daemon": log_dir / "daemon.log"},
+        logs={name: log_dir / f"{name}.log" for name in ("code_server", "webserver", "daemon")},
     )
-    commands = {
-        "webserver": [
-            str(VENV_BIN / "dagster-webserver"),
-            "-w",
-            "workspace.yaml",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        "daemon": [str(VENV_BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
-    }
+    workspace = "workspace.yaml"
     try:
+        if shared_code_server:
+            grpc_port = free_port()
+            workspace_file = log_dir / "workspace.yaml"
+            workspace_file.write_text(
+                yaml.safe_dump(
+                    {
+                        "load_from": [
+                            {
+                                "grpc_server": {
+                                    "host": "127.0.0.1",
+                                    "port": grpc_port,
+                                    "location_name": LOCATION,
+                                }
+                            }
+                        ]
+                    }
+                )
+            )
+            workspace = str(workspace_file)
+            services.processes["code_server"] = start_group(
+                [
+                    str(VENV_BIN / "dagster"),
+                    "api",
+                    "grpc",
+                    "-m",
+                    "big5_dagster.definitions",
+                    "--location-name",
+                    LOCATION,
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(grpc_port),
+                ],
+                env,
+                services.logs["code_server"],
+            )
+            _wait_until(
+                "the code server", lambda: port_open(grpc_port), startup_timeout_s, services
+            )
+        commands = {
+            "webserver": [
+                str(VENV_BIN / "dagster-webserver"),
+                "-w",
+                workspace,
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],
+            "daemon": [str(VENV_BIN / "dagster-daemon"), "run", "-w", workspace],
+        }
         for name, cmd in commands.items():
             services.processes[name] = start_group(cmd, env, services.logs[name])
         _wait_until(
@@ -387,5 +480,5 @@ def dagster_services(
         services.graphql("mutation { setNuxSeen }")
         yield services
     finally:
-        for proc in services.processes.values():
+        for proc in reversed(services.processes.values()):
             stop_group(proc)

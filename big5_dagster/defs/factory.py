@@ -52,6 +52,17 @@ INFRASTRUCTURE: tuple[str, ...] = (
 # does not retrain an adapter.
 PRESENTATION: tuple[str, ...] = ("big5_dagster.lib.report.figures", "big5_dagster.lib.report.plots")
 WATCHED = ("config", "settings")
+REMOTE_STEP_RETRY_POLICY = dg.RetryPolicy(max_retries=2, delay=5)
+"""Where steps run on other machines (Celery workers, Kubernetes pods), losing one is an
+ordinary event: its step is retried, resuming from what it left on the shared disk.
+Kubernetes retries a step whose pod died itself; on Celery the redelivered step fails
+into this policy (defs/tracking.py: fail_if_previous_attempt_lost)."""
+
+
+def step_retry_policy(settings: Settings) -> dg.RetryPolicy | None:
+    """The retry policy of every step: none on one machine (an error there is not
+    transient and is best seen at once), REMOTE_STEP_RETRY_POLICY on celery and k8s."""
+    return REMOTE_STEP_RETRY_POLICY if settings.executor in ("celery", "k8s") else None
 
 
 @dataclass(frozen=True)
@@ -143,6 +154,7 @@ def versioned_asset(
     def decorate(fn: Callable[..., Any]) -> dg.AssetsDefinition:
         version = asset_version(fn, settings, presents)
         args = dict(asset_args)
+        args.setdefault("retry_policy", step_retry_policy(settings))
         metadata: Mapping[str, Any] = {
             **args.pop("metadata", {}),
             SETTINGS_METADATA: version.settings,

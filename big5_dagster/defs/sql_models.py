@@ -7,21 +7,27 @@ hash of the table's content, and each materialization gets a lineage row with th
 versions of its inputs, like every other asset. dbt tests are the models' asset checks.
 
 dbt writes the warehouse from a subprocess, which the warehouse's lock file does not
-cover by itself: each dbt call holds ``Warehouse.lock()``.
+cover by itself: each dbt call holds ``Warehouse.lock()``. With staged warehouse writes
+(machines sharing only the data folder) dbt runs like any other step, on any machine: in
+a private scratch DuckDB file where the tables it reads are views over their staged
+files; the models it built are then staged as whole tables, which the warehouse_load job
+loads like every other staged table.
 """
 
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import pandas as pd
 from dagster_dbt import DagsterDbtTranslator, DbtCliInvocation, DbtProject, dbt_assets
 from filelock import FileLock
 
-from big5_dagster.defs.tracking import Tracker
+from big5_dagster.defs.tracking import Tracker, fail_if_previous_attempt_lost
 from big5_dagster.lib.common.hashing import hash_dataframe
 from big5_dagster.resources.dbt import WAREHOUSE_PATH_ENV, WarehouseDbtCli, dbt_resource
 from big5_dagster.resources.warehouse import Warehouse
@@ -122,14 +128,40 @@ def _manifest(project: DbtProject) -> dict[str, Any]:
     return json.loads(project.manifest_path.read_text(encoding="utf-8"))
 
 
-def _relations(project: DbtProject, translator: DagsterDbtTranslator) -> dict[dg.AssetKey, str]:
-    """Asset key -> the relation its model builds (e.g. ``"warehouse"."main"."name"``)."""
+@dataclass(frozen=True)
+class Relation:
+    """Where a model or source lives: ``sql`` names it in a query."""
+
+    schema: str
+    name: str
+    sql: str
+
+
+def _relations(
+    project: DbtProject, translator: DagsterDbtTranslator
+) -> dict[dg.AssetKey, Relation]:
+    """Asset key -> the relation its model builds (``sql`` e.g. ``"warehouse"."main"."x"``)."""
     manifest = _manifest(project)
     return {
-        translator.get_asset_spec(manifest, unique_id, project).key: node["relation_name"]
+        translator.get_asset_spec(manifest, unique_id, project).key: Relation(
+            node["schema"], node["alias"], node["relation_name"]
+        )
         for unique_id, node in manifest["nodes"].items()
         if node["resource_type"] == "model"
     }
+
+
+def _tables_read(project: DbtProject) -> set[tuple[str, str]]:
+    """(schema, name) of every table dbt may read: the sources and the models themselves
+    (a model built in an earlier run is read by the models that ref it)."""
+    manifest = _manifest(project)
+    sources = {(s["schema"], s["identifier"]) for s in manifest["sources"].values()}
+    models = {
+        (node["schema"], node["alias"])
+        for node in manifest["nodes"].values()
+        if node["resource_type"] == "model"
+    }
+    return sources | models
 
 
 def _drain(events: Iterator[Any]) -> tuple[list[Any], BaseException | None]:
@@ -158,7 +190,7 @@ def _tracked(
     context: dg.AssetExecutionContext,
     event: dg.Output,
     warehouse: Warehouse,
-    relation: str,
+    table: pd.DataFrame,
     started_at: datetime,
 ) -> dg.MaterializeResult:
     """The model's materialization with dbt's metadata and a content-hash data version,
@@ -167,8 +199,6 @@ def _tracked(
     key = context.asset_key_for_output(event.output_name)
     tracker = Tracker(context, warehouse, asset_key=key)
     tracker.started_at = started_at  # the dbt call that built it
-    # ORDER BY ALL: a view's row order is not fixed, its content is.
-    table = warehouse.query(f"SELECT * FROM {relation} ORDER BY ALL")
     preview = dg.MetadataValue.md(table.head(PREVIEW_ROWS).to_markdown(index=False))
     return tracker.result(
         data_version=hash_dataframe(table),
@@ -178,8 +208,32 @@ def _tracked(
     )
 
 
+def _dbt_build(
+    context: dg.AssetExecutionContext, dbt: WarehouseDbtCli
+) -> tuple[list[Any], BaseException | None, datetime]:
+    """Run ``dbt build`` for the selected models: its events, the error it ended with, and
+    when it started."""
+    started_at = datetime.now(UTC).replace(tzinfo=None)
+    invocation = dbt.cli(["build"], context=context)
+    # Let dbt finish first (this reads and keeps its output): the thread pool that adds row
+    # counts and columns polls in a busy loop while dbt runs, taking a core from it. For
+    # DuckDB no event comes out before dbt ends in any case.
+    invocation.is_successful()
+    events, error = _drain(invocation.stream().fetch_row_counts().fetch_column_metadata())
+    _close_adapter(invocation)
+    return events, error, started_at
+
+
+def _content(read: Warehouse, relation: Relation) -> pd.DataFrame:
+    # ORDER BY ALL: a view's row order is not fixed, its content is.
+    return read.query(f"SELECT * FROM {relation.sql} ORDER BY ALL")
+
+
 def build_sql_model_assets(
-    project_dir: Path, warehouse_path: Path, python_assets: Sequence[dg.AssetsDefinition]
+    project_dir: Path,
+    warehouse_path: Path,
+    python_assets: Sequence[dg.AssetsDefinition],
+    retry_policy: dg.RetryPolicy | None = None,
 ) -> dg.AssetsDefinition:
     """The dbt models as one multi-asset (each model selectable on its own) in the
     warehouse pool; a source that does not map to the asset writing it fails here."""
@@ -187,31 +241,49 @@ def build_sql_model_assets(
     translator = SqlModelTranslator()
     check_sources(project, translator, python_assets)
     relations = _relations(project, translator)
+    tables_read = _tables_read(project)
 
     @dbt_assets(
         manifest=project.manifest_path,
         project=project,
         dagster_dbt_translator=translator,
         pool="warehouse",
+        retry_policy=retry_policy,
     )
     def sql_models(
         context: dg.AssetExecutionContext, dbt: WarehouseDbtCli, warehouse: Warehouse
     ) -> Iterator[Any]:
-        with warehouse.lock():
-            started_at = datetime.now(UTC).replace(tzinfo=None)
-            invocation = dbt.cli(["build"], context=context)
-            # Let dbt finish first (this reads and keeps its output): the thread pool that
-            # adds row counts and columns polls in a busy loop while dbt runs, taking a
-            # core from it. For DuckDB no event comes out before dbt ends in any case.
-            invocation.is_successful()
-            events, error = _drain(invocation.stream().fetch_row_counts().fetch_column_metadata())
-            _close_adapter(invocation)
+        fail_if_previous_attempt_lost(context)  # before dbt runs (the trackers come after)
+        if warehouse.writes == "staged":
+            # dbt builds in a scratch file of this machine; what it built is staged whole.
+            with warehouse.scratch(tables_read) as scratch, dbt.building_in(scratch.path):
+                events, error, started_at = _dbt_build(context, dbt)
+                built = {
+                    key: _content(scratch, relations[key])
+                    for key in (
+                        context.asset_key_for_output(e.output_name)
+                        for e in events
+                        if isinstance(e, dg.Output)
+                    )
+                }
             for event in events:
                 if isinstance(event, dg.Output):
                     key = context.asset_key_for_output(event.output_name)
-                    yield _tracked(context, event, warehouse, relations[key], started_at)
+                    relation = relations[key]
+                    warehouse.replace_table(relation.name, built[key], schema=relation.schema)
+                    yield _tracked(context, event, warehouse, built[key], started_at)
                 else:
                     yield event
+        else:
+            with warehouse.lock():
+                events, error, started_at = _dbt_build(context, dbt)
+                for event in events:
+                    if isinstance(event, dg.Output):
+                        key = context.asset_key_for_output(event.output_name)
+                        table = _content(warehouse, relations[key])
+                        yield _tracked(context, event, warehouse, table, started_at)
+                    else:
+                        yield event
         if error is not None:
             raise error
 

@@ -43,6 +43,58 @@ class SettingsNotCoveredError(RuntimeError):
     """An asset read a setting its code version does not cover (a change would not rerun it)."""
 
 
+class LostAttemptError(RuntimeError):
+    """The step's previous attempt began on a worker that was lost before the attempt ended."""
+
+
+_ATTEMPT_BEGINS = {dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_RESTARTED}
+_ATTEMPT_ENDS = {
+    dg.DagsterEventType.STEP_SUCCESS,
+    dg.DagsterEventType.STEP_FAILURE,
+    dg.DagsterEventType.STEP_UP_FOR_RETRY,
+}
+
+
+def previous_attempt_lost(kinds: Sequence[dg.DagsterEventType]) -> bool:
+    """Whether the attempt before the current one began and never ended, from a step's
+    begin and end events in order (the last begin is the current attempt's)."""
+    begins = [i for i, kind in enumerate(kinds) if kind in _ATTEMPT_BEGINS]
+    if len(begins) < 2:  # the step's first attempt
+        return False
+    previous, current = begins[-2], begins[-1]
+    return not any(kind in _ATTEMPT_ENDS for kind in kinds[previous + 1 : current])
+
+
+def fail_if_previous_attempt_lost(context: dg.AssetExecutionContext) -> None:
+    """Turn the redelivery of a lost step into a retry of the step's retry policy.
+
+    When a Celery worker dies in the middle of a step, the broker gives the unacknowledged
+    step to another worker, which runs it again as the same attempt: Dagster's Celery
+    executor never learns of the loss, so the step's retry policy is not consulted and a
+    step that takes its worker down every time would be redelivered forever. So when this
+    step's previous attempt began and never ended, this attempt fails at once: the retry
+    policy retries it (the next attempt resumes from what is on the shared disk) or, its
+    retries spent, fails the run. Steps without a retry policy run on as before.
+    """
+    policy = context.op_def.retry_policy
+    if policy is None:
+        return
+    step_key = str(context.op_handle)
+    kinds = [
+        entry.dagster_event.event_type
+        for entry in context.instance.all_logs(
+            context.run_id, of_type=_ATTEMPT_BEGINS | _ATTEMPT_ENDS
+        )
+        if entry.step_key == step_key and entry.dagster_event is not None
+    ]
+    if previous_attempt_lost(kinds):
+        raise LostAttemptError(
+            f"step {step_key} (attempt {context.retry_number + 1}) began before on a worker "
+            "that was lost before the step ended (the broker redelivered it here); failing "
+            f"into its retry policy (at most {policy.max_retries} retries)"
+        )
+
+
 def latest_data_version(
     instance: dg.DagsterInstance, key: dg.AssetKey, partition: str | None
 ) -> str | None:
@@ -99,6 +151,7 @@ class Tracker:
         asset_key: dg.AssetKey | None = None,
     ) -> None:
         """``asset_key`` names one asset of a multi-asset step (default: the step's asset)."""
+        fail_if_previous_attempt_lost(context)
         self.context = context
         self.asset_key = asset_key or context.asset_key
         self.warehouse = warehouse

@@ -20,7 +20,11 @@ def build_resources(settings: Settings, root: Path) -> dict[str, object]:
     """The pipeline's resources for the data directory ``root``."""
     return {
         "store": ArtifactStore(root=str(root)),
-        "warehouse": Warehouse(path=str(paths.warehouse_path(root))),
+        "warehouse": Warehouse(
+            path=str(paths.warehouse_path(root)),
+            writes=settings.warehouse_writes,
+            staged_dir=str(paths.warehouse_files_dir(root)),
+        ),
         "dbt": dbt_resource(paths.sql_models_dir(), paths.warehouse_path(root)),
         "model": ModelBackend(
             **settings.model.model_dump(), models_dir=str(paths.models_dir(root))

@@ -1,7 +1,9 @@
 """dbt's CLI as a Dagster resource, pointed at the project's warehouse file."""
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -19,6 +21,16 @@ class WarehouseDbtCli(DbtCliResource):
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         os.environ[WAREHOUSE_PATH_ENV] = self.warehouse_path
         super().setup_for_execution(context)
+
+    @contextlib.contextmanager
+    def building_in(self, database_path: str) -> Iterator[None]:
+        """dbt calls in this block read and build ``database_path`` instead of the
+        warehouse (with staged writes: the step's private scratch file)."""
+        os.environ[WAREHOUSE_PATH_ENV] = database_path
+        try:
+            yield
+        finally:
+            os.environ[WAREHOUSE_PATH_ENV] = self.warehouse_path
 
 
 def dbt_executable() -> str:

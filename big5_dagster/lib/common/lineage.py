@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 import duckdb
+import pandas as pd
 
 SCHEMA_SQL = """
 CREATE SCHEMA IF NOT EXISTS lineage;
@@ -80,44 +81,63 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(SCHEMA_SQL)
 
 
+SCHEMA = "lineage"
+MATERIALIZATIONS_TABLE = "materializations"
+INPUTS_TABLE = "inputs"
+INPUT_COLUMNS = ("materialization_id", "input_asset", "input_partition", "input_data_version")
+
+
+def record_frames(rec: MaterializationRecord) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows of one materialization: (lineage.materializations, lineage.inputs)."""
+    mid = rec.materialization_id
+
+    def as_json(value: Any) -> str:
+        return json.dumps(value, sort_keys=True, default=str)
+
+    materialization = pd.DataFrame(
+        [
+            {
+                "materialization_id": mid,
+                "asset": rec.asset,
+                "partition": rec.partition,
+                "run_id": rec.run_id,
+                "code_version": rec.code_version,
+                "data_version": rec.data_version,
+                "profile": rec.profile,
+                "config": as_json(rec.config),
+                "settings": as_json(rec.settings),
+                "model_ids": as_json(rec.model_ids),
+                "seeds": as_json(rec.seeds),
+                "started_at": rec.started_at,
+                "ended_at": rec.ended_at,
+                "row_count": rec.row_count,
+                "artifact_paths": json.dumps(rec.artifact_paths),
+            }
+        ]
+    ).astype({"partition": object, "code_version": object, "profile": object})
+    materialization["row_count"] = materialization["row_count"].astype("Int64")
+    inputs = pd.DataFrame(
+        [(mid, i.asset, i.partition, i.data_version) for i in rec.inputs],
+        columns=list(INPUT_COLUMNS),
+        dtype=object,
+    )
+    return materialization, inputs
+
+
 def record_materialization(con: duckdb.DuckDBPyConnection, rec: MaterializationRecord) -> None:
     """Write one materialization and its inputs (replacing a retry of the same run step)."""
     mid = rec.materialization_id
+    materialization, inputs = record_frames(rec)
     con.execute("BEGIN TRANSACTION")
     try:
         con.execute("DELETE FROM lineage.inputs WHERE materialization_id = ?", [mid])
         con.execute("DELETE FROM lineage.materializations WHERE materialization_id = ?", [mid])
-        con.execute(
-            """
-            INSERT INTO lineage.materializations (
-                materialization_id, asset, partition, run_id, code_version, data_version,
-                profile, config, settings, model_ids, seeds, started_at, ended_at, row_count,
-                artifact_paths
-            ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-            """,
-            [
-                mid,
-                rec.asset,
-                rec.partition,
-                rec.run_id,
-                rec.code_version,
-                rec.data_version,
-                rec.profile,
-                json.dumps(rec.config, sort_keys=True, default=str),
-                json.dumps(rec.settings, sort_keys=True, default=str),
-                json.dumps(rec.model_ids, sort_keys=True, default=str),
-                json.dumps(rec.seeds, sort_keys=True, default=str),
-                rec.started_at,
-                rec.ended_at,
-                rec.row_count,
-                json.dumps(rec.artifact_paths),
-            ],
-        )
-        if rec.inputs:
-            con.executemany(
-                "INSERT INTO lineage.inputs VALUES (?, ?, ?, ?)",
-                [(mid, i.asset, i.partition, i.data_version) for i in rec.inputs],
-            )
+        for table, frame in (("materializations", materialization), ("inputs", inputs)):
+            con.register("_lineage_rows", frame)
+            try:
+                con.execute(f"INSERT INTO lineage.{table} BY NAME SELECT * FROM _lineage_rows")
+            finally:
+                con.unregister("_lineage_rows")
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
