@@ -480,24 +480,6 @@ def test_generation_first_step_gives_the_option_scores(tiny, one_torch_thread):
     assert [r.token_ids for r in results] == [r.token_ids for r in plain]
 
 
-def test_per_row_sampler_samples_the_softmax():
-    from big5_dagster.lib.engine.sampling import PerRowSampler
-
-    # p = softmax([-inf, 0, log 3]) = (0, 0.25, 0.75): the picked token follows p.
-    n = 4000
-    scores = torch.tensor([[float("-inf"), 0.0, float(torch.log(torch.tensor(3.0)))]]).repeat(n, 1)
-    picked = PerRowSampler(range(n))(torch.zeros((n, 1), dtype=torch.long), scores.clone())
-    assert ((picked == 0) | (picked == float("-inf"))).all()
-    assert (picked == 0).sum(dim=1).eq(1).all()  # exactly one token survives per row
-    share = torch.bincount(picked.argmax(dim=1), minlength=3).double() / n
-    assert share[0] == 0
-    assert abs(share[2].item() - 0.75) < 0.03  # 4.4 standard errors
-    # Row i's draw comes from seed i alone.
-    pair = PerRowSampler([5, 6])(torch.zeros((2, 1), dtype=torch.long), scores[:2].clone())
-    alone = PerRowSampler([6])(torch.zeros((1, 1), dtype=torch.long), scores[:1].clone())
-    assert torch.equal(pair[1], alone[0])
-
-
 def test_bench_inventory_reports_both_scorers_on_the_same_items(tiny, one_torch_thread):
     from big5_dagster.bench.inventory import bench_inventory
     from big5_dagster.lib.personality.inventory import load_inventory
