@@ -239,8 +239,9 @@ class EvaluationSettings(Section):
     n_runs: int = 1
     """Runs per item and option order (paper: 5); each run shuffles the item order."""
     temperature: float = 0.6
-    max_new_tokens: int = 8
-    """generate-and-parse: the paper allowed 128; the answer is the first integer."""
+    max_new_tokens: int = 128
+    """generate-and-parse: the paper's cap; the answer is the first integer, and a reply ends
+    as soon as that number is complete (lib.personality.answer_reading.answer_decided)."""
     option_orders: list[str] = ["normal", "reversed"]
     n_demonstrations: int = 10
     batch_size: int = 16

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -131,3 +131,17 @@ def generation_result(tokenizer: PreTrainedTokenizerBase, decoded: Decoded) -> G
         finish_reason=decoded.finish_reason,
         token_ids=tuple(tokens),
     )
+
+
+def cut_at_stop(
+    tokenizer: PreTrainedTokenizerBase, result: GenerationResult, stop: Callable[[str], bool]
+) -> GenerationResult:
+    """``result`` cut after its first token at which ``stop(text so far)`` holds, as a decode
+    loop with that stop rule would have ended it (for engines that generate to the end)."""
+    tokens = list(result.token_ids)
+    for k in range(1, len(tokens) + 1):
+        if result.finish_reason == "eos" and k == len(tokens):
+            break  # the end-of-turn token came first
+        if stop(tokenizer.decode(tokens[:k], skip_special_tokens=True)):
+            return generation_result(tokenizer, Decoded(tokens[:k], "stop"))
+    return result

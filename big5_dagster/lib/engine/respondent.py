@@ -8,7 +8,7 @@ has the same methods.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -38,6 +38,7 @@ class Respondent(Protocol):
         *,
         batch_size: int,
         seeds: Sequence[int] | None = None,
+        stop: Callable[[str], bool] | None = None,
     ) -> list[GenerationResult]: ...
 
     def generate_and_score_with_shared_prefix(
@@ -48,6 +49,7 @@ class Respondent(Protocol):
         *,
         batch_size: int,
         seeds: Sequence[int] | None = None,
+        stop: Callable[[str], bool] | None = None,
     ) -> tuple[list[GenerationResult], OptionScores]: ...
 
     def score_options(
@@ -80,9 +82,10 @@ class TransformersRespondent:
         *,
         batch_size: int,
         seeds: Sequence[int] | None = None,
+        stop: Callable[[str], bool] | None = None,
     ) -> list[GenerationResult]:
         return generate_with_shared_prefix(
-            self.loaded, conversations, params, batch_size=batch_size, seeds=seeds
+            self.loaded, conversations, params, batch_size=batch_size, seeds=seeds, stop=stop
         )
 
     def generate_and_score_with_shared_prefix(
@@ -93,9 +96,16 @@ class TransformersRespondent:
         *,
         batch_size: int,
         seeds: Sequence[int] | None = None,
+        stop: Callable[[str], bool] | None = None,
     ) -> tuple[list[GenerationResult], OptionScores]:
         return generate_and_score_with_shared_prefix(
-            self.loaded, conversations, params, options, batch_size=batch_size, seeds=seeds
+            self.loaded,
+            conversations,
+            params,
+            options,
+            batch_size=batch_size,
+            seeds=seeds,
+            stop=stop,
         )
 
     def score_options(
