@@ -29,6 +29,8 @@ class Respondent(Protocol):
 
     model_id: str
     fingerprint: str
+    dtype: str
+    """The dtype the weights run in (what ``dtype: auto`` chose), for lineage."""
     tokenizer: Any
 
     def generate_with_shared_prefix(
@@ -70,6 +72,10 @@ class TransformersRespondent:
     @property
     def fingerprint(self) -> str:
         return self.loaded.fingerprint
+
+    @property
+    def dtype(self) -> str:
+        return self.loaded.dtype
 
     @property
     def tokenizer(self) -> Any:
