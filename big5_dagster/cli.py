@@ -251,6 +251,31 @@ def cmd_bench_all(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_dtypes(args: argparse.Namespace) -> int:
+    from big5_dagster.bench.dtypes import bench_dtypes
+    from big5_dagster.lib.engine.hardware import auto_dtype, native_bf16
+
+    clock, clock_name = _bench_clock(args)
+    backend = _backend()
+    fp32 = backend.model_copy(update={"dtype": "float32"}).load(cached=False)
+    bf16 = backend.model_copy(update={"dtype": "bfloat16"}).load(cached=False)
+    rows = bench_dtypes(fp32, bf16, clock, log=lambda line: print(f"  {line}", file=sys.stderr))
+    print(
+        f"model {fp32.model_id} on {fp32.device}, clock {clock_name}; native bf16: "
+        f"{native_bf16()}; dtype auto here: {auto_dtype(fp32.device)}"
+    )
+    for row in rows:
+        agreement = ", ".join(
+            f"{k} {v:.3g}" for k, v in row.items() if k not in {"path"} and "seconds" not in k
+        )
+        print(
+            f"{row['path']:44s} fp32 {row['seconds_float32']:7.1f} s  bf16 "
+            f"{row['seconds_bfloat16']:7.1f} s  {agreement}"
+        )
+    _print_figures({"clock": clock_name, "paths": rows}, args.json)
+    return 0
+
+
 def cmd_import_psychobench(args: argparse.Namespace) -> int:
     """Score a PsychoBench result file, store its rows in the warehouse, print the summary."""
     import pandas as pd
@@ -345,6 +370,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ba.add_argument("--out", default=None, help="JSON file (default <data dir>/benchmarks/)")
     ba.set_defaults(func=cmd_bench_all)
+
+    bdt = bench_sub.add_parser(
+        "dtypes", help="bf16 against fp32 per hot path: speed and agreement of the answers"
+    )
+    bdt.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time this process's CPU on one torch thread (a shared machine)",
+    )
+    bdt.add_argument("--json", action="store_true")
+    bdt.set_defaults(func=cmd_bench_dtypes)
 
     bi = bench_sub.add_parser(
         "inventory",

@@ -162,3 +162,30 @@ def test_scoring_rows_report_rates_beside_the_limits(tiny):
         assert r["matmul_fraction"] > 0 and r["gflops_per_second"] > 0
     table = hot_paths.format_table(rows)
     assert "option scoring" in table and "matmul" in table.splitlines()[0]
+
+
+def test_bench_dtypes_reports_agreement_of_what_the_pipeline_keeps(tiny, tiny_backend):
+    from big5_dagster.bench.dtypes import bench_dtypes
+
+    sizes = dict(batch=2, new_tokens=4, n_items=6, answer_tokens=6)
+    same = bench_dtypes(tiny, tiny, TickingClock(), **sizes)
+    assert [r["path"].split(" ")[0] for r in same] == [
+        "option", "greedy", "DExperts", "generate-and-parse"
+    ]  # fmt: skip
+    # The same model in both columns: every agreement is perfect.
+    scoring, greedy, dexperts, parsed = same
+    assert scoring["max_probability_difference"] == 0.0
+    assert scoring["same_most_likely_option"] == 1.0
+    assert scoring["max_trait_score_difference"] == 0.0
+    for row in (greedy, dexperts):
+        assert row["identical_replies"] == row["mean_share_before_first_difference"] == 1.0
+    assert parsed["same_answer"] == 1.0
+    assert parsed["parse_failures_fp32"] == parsed["parse_failures_bf16"]
+    assert all(r["bf16_speedup"] == pytest.approx(1.0) for r in same)  # the ticking clock
+
+    bf16 = tiny_backend.model_copy(update={"dtype": "bfloat16"}).load(cached=False)
+    assert bf16.dtype == "bfloat16"
+    rows = bench_dtypes(tiny, bf16, TickingClock(), **sizes)
+    assert 0.0 < rows[0]["max_probability_difference"] < 1.0  # rounded weights differ a little
+    for row in rows[1:3]:
+        assert 0.0 <= row["mean_share_before_first_difference"] <= 1.0
