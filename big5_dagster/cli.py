@@ -259,7 +259,15 @@ def cmd_bench_dtypes(args: argparse.Namespace) -> int:
     backend = _backend()
     fp32 = backend.model_copy(update={"dtype": "float32"}).load(cached=False)
     bf16 = backend.model_copy(update={"dtype": "bfloat16"}).load(cached=False)
-    rows = bench_dtypes(fp32, bf16, clock, log=lambda line: print(f"  {line}", file=sys.stderr))
+    rows = bench_dtypes(
+        fp32,
+        bf16,
+        clock,
+        batch=args.batch_size,
+        new_tokens=args.new_tokens,
+        n_items=args.items or None,
+        log=lambda line: print(f"  {line}", file=sys.stderr),
+    )
     print(
         f"model {fp32.model_id} on {fp32.device}, clock {clock_name}; native bf16: "
         f"{native_bf16()}; dtype auto here: {auto_dtype(fp32.device)}"
@@ -379,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="time this process's CPU on one torch thread (a shared machine)",
     )
+    bdt.add_argument("--items", type=int, default=0, help="first N BFI-44 items (0: all)")
+    bdt.add_argument("--batch-size", type=int, default=8, help="replies decoded at once")
+    bdt.add_argument("--new-tokens", type=int, default=24, help="tokens per greedy reply")
     bdt.add_argument("--json", action="store_true")
     bdt.set_defaults(func=cmd_bench_dtypes)
 
