@@ -132,11 +132,11 @@ def bench_dtypes(
 
     rows = []
     for name, run, agreement in (
-        ("option scoring (BFI-44)", scoring, scoring_agreement),
+        (f"option scoring (BFI-44, {len(conversations)} items)", scoring, scoring_agreement),
         (f"greedy decoding, batch {batch}", decoding, _token_agreement),
         (f"DExperts paper greedy, batch {batch}", dexperts, _token_agreement),
         (
-            f"generate-and-parse (BFI-44, {answer_tokens} cap, stop)",
+            f"generate-and-parse ({len(conversations)} items, {answer_tokens} cap, stop)",
             generate_and_parse,
             parse_agreement,
         ),
