@@ -197,6 +197,14 @@ def _bench_clock(args: argparse.Namespace):
     return time.perf_counter, f"wall ({torch.get_num_threads()} threads)"
 
 
+def _add_cpu_time(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time this process's CPU on one torch thread (a shared machine)",
+    )
+
+
 def cmd_bench_all(args: argparse.Namespace) -> int:
     from big5_dagster.bench.hot_paths import bench_all, format_table
     from big5_dagster.bench.roofline import measure_roofline
@@ -371,22 +379,14 @@ def build_parser() -> argparse.ArgumentParser:
     ba = bench_sub.add_parser(
         "all", help="every hot path beside this machine's matmul and bandwidth limits"
     )
-    ba.add_argument(
-        "--cpu-time",
-        action="store_true",
-        help="time this process's CPU on one torch thread (a shared machine)",
-    )
+    _add_cpu_time(ba)
     ba.add_argument("--out", default=None, help="JSON file (default <data dir>/benchmarks/)")
     ba.set_defaults(func=cmd_bench_all)
 
     bdt = bench_sub.add_parser(
         "dtypes", help="bf16 against fp32 per hot path: speed and agreement of the answers"
     )
-    bdt.add_argument(
-        "--cpu-time",
-        action="store_true",
-        help="time this process's CPU on one torch thread (a shared machine)",
-    )
+    _add_cpu_time(bdt)
     bdt.add_argument("--items", type=int, default=0, help="first N BFI-44 items (0: all)")
     bdt.add_argument("--batch-size", type=int, default=8, help="replies decoded at once")
     bdt.add_argument("--new-tokens", type=int, default=24, help="tokens per greedy reply")
@@ -403,11 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     bi.add_argument("--runs", type=int, default=5, help="replies per item (the paper: 5)")
     bi.add_argument("--max-new-tokens", type=int, default=128)
     bi.add_argument("--repeats", type=int, default=1)
-    bi.add_argument(
-        "--cpu-time",
-        action="store_true",
-        help="time this process's CPU on one torch thread (a shared machine)",
-    )
+    _add_cpu_time(bi)
     bi.add_argument("--seed", type=int, default=0)
     bi.add_argument("--json", action="store_true")
     bi.set_defaults(func=cmd_bench_inventory)
