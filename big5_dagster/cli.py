@@ -154,6 +154,7 @@ def cmd_bench_inventory(args: argparse.Namespace) -> int:
     from big5_dagster.bench.inventory import bench_inventory
     from big5_dagster.lib.personality.inventory import load_inventory
 
+    clock, clock_name = _bench_clock(args)
     inventory = load_inventory(args.inventory)
     n_items = args.items or len(inventory.items)
     figures = bench_inventory(
@@ -161,24 +162,138 @@ def cmd_bench_inventory(args: argparse.Namespace) -> int:
         inventory,
         n_items,
         batch_size=args.batch_size,
+        runs=args.runs,
         max_new_tokens=args.max_new_tokens,
         repeats=args.repeats,
         seed=args.seed,
+        clock=clock,
         log=lambda line: print(f"  {line}", file=sys.stderr),
     )
-    lp, gp = figures["logprob"], figures["generate_and_parse"]
+    lp, gp, pp = figures["logprob"], figures["generate_and_parse"], figures["paper_protocol"]
     print(
-        f"model {figures['model_id']} ({figures['dtype']}, {figures['device']}, "
-        f"{figures['torch_threads']} threads), {inventory.name}: {n_items} items, "
-        f"batch {args.batch_size}, {args.repeats} repeats"
+        f"model {figures['model_id']} ({figures['dtype']}, {figures['device']}), clock "
+        f"{clock_name}; {inventory.name}: {n_items} items, {args.runs} runs, up to "
+        f"{args.max_new_tokens} tokens, batch {args.batch_size}, {args.repeats} repeats"
     )
-    print(f"option log-probability  {lp['items_per_second']:8.2f} items/s")
+    print(f"option log-probability             {lp['items_per_second']:8.2f} items/s")
+    for label, row in (("generate-and-parse (stop)", gp), ("paper protocol (no stop)", pp)):
+        print(
+            f"{label:34s} {row['items_per_second']:8.2f} items/s  ({row['mean_new_tokens']:.1f} "
+            f"tokens/answer, parse failures {row['parse_failure_rate']:.0%}, "
+            f"finish {row['finish_reasons']})"
+        )
     print(
-        f"generate-and-parse      {gp['items_per_second']:8.2f} items/s  "
-        f"({gp['mean_new_tokens']:.1f} tokens/answer, parse failures {gp['parse_failure_rate']:.0%})"
+        f"against the paper's protocol: log-prob {figures['logprob_to_paper_ratio']:.1f}x, "
+        f"generate-and-parse {figures['generate_to_paper_ratio']:.1f}x; answers equal "
+        f"{figures['answers_equal']}/{figures['answers']}"
     )
-    print(f"ratio (logprob / generate) {figures['logprob_to_generate_ratio']:.2f}")
     _print_figures(figures, args.json)
+    return 0
+
+
+def _bench_clock(args: argparse.Namespace):
+    """(clock, name): wall time, or with --cpu-time this process's CPU time on one torch
+    thread (other processes on the cores then do not count; fractions are unchanged)."""
+    import torch
+
+    if getattr(args, "cpu_time", False):
+        torch.set_num_threads(1)
+        return time.process_time, "cpu (1 thread)"
+    return time.perf_counter, f"wall ({torch.get_num_threads()} threads)"
+
+
+def _add_cpu_time(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time this process's CPU on one torch thread (a shared machine)",
+    )
+
+
+def cmd_bench_all(args: argparse.Namespace) -> int:
+    from big5_dagster.bench.hot_paths import bench_all, format_table
+    from big5_dagster.bench.roofline import measure_roofline
+    from big5_dagster.lib.engine.hardware import cpu_flags, native_bf16
+
+    clock, clock_name = _bench_clock(args)
+    say = lambda line: print(f"  {line}", file=sys.stderr)  # noqa: E731
+    loaded = _backend().load()
+    import torch
+
+    dtypes = [torch.float32] + ([torch.bfloat16] if native_bf16() else [])
+    roof = measure_roofline(
+        loaded.model.config, dtypes=dtypes, clock=clock, clock_name=clock_name, log=say
+    )
+    rows = bench_all(loaded, roof, clock, log=say)
+    peaks = ", ".join(f"{d} {roof.peak_flops_per_second(d) / 1e9:.1f}" for d in roof.dtypes())
+    bf16 = "native bf16 matmul" if native_bf16() else "no native bf16 matmul (bf16 not measured)"
+    print(
+        f"model {loaded.model_id} ({loaded.dtype}, {loaded.device}), clock {clock_name}; "
+        f"peak matmul GFLOP/s: {peaks}; read bandwidth "
+        f"{roof.read_bytes_per_second / 1e9:.1f} GB/s; {bf16}"
+    )
+    print(
+        "forward matmul limit (ms):  "
+        + "  ".join(
+            f"M={r['m']} {r['ms_per_forward']:.0f}"
+            for r in roof.forward_table([1, 8, 16, 24, 32, 64, 256])
+        )
+    )
+    print(format_table(rows))
+    print(
+        "peak, bw: fractions of the peak matmul rate and of the read bandwidth; matmul: the "
+        "path's linear layers at this machine's measured rates over its measured time"
+    )
+    from big5_dagster.config import active_settings
+    from big5_dagster.lib.common.files import write_json
+    from big5_dagster.lib.common.jsonable import jsonable
+
+    root = paths.data_dir(active_settings().data_dir)
+    out = Path(args.out) if args.out else root / "benchmarks" / "bench_all.json"
+
+    figures = {
+        "model_id": loaded.model_id,
+        "dtype": loaded.dtype,
+        "clock": clock_name,
+        "cpu_flags": sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma"))),
+        "roofline": roof.as_dict(),
+        "paths": rows,
+    }
+    write_json(jsonable(figures), out)
+    print(f"written: {out}")
+    return 0
+
+
+def cmd_bench_dtypes(args: argparse.Namespace) -> int:
+    from big5_dagster.bench.dtypes import bench_dtypes
+    from big5_dagster.lib.engine.hardware import auto_dtype, native_bf16
+
+    clock, clock_name = _bench_clock(args)
+    backend = _backend()
+    fp32 = backend.model_copy(update={"dtype": "float32"}).load(cached=False)
+    bf16 = backend.model_copy(update={"dtype": "bfloat16"}).load(cached=False)
+    rows = bench_dtypes(
+        fp32,
+        bf16,
+        clock,
+        batch=args.batch_size,
+        new_tokens=args.new_tokens,
+        n_items=args.items or None,
+        log=lambda line: print(f"  {line}", file=sys.stderr),
+    )
+    print(
+        f"model {fp32.model_id} on {fp32.device}, clock {clock_name}; native bf16: "
+        f"{native_bf16()}; dtype auto here: {auto_dtype(fp32.device)}"
+    )
+    for row in rows:
+        agreement = ", ".join(
+            f"{k} {v:.3g}" for k, v in row.items() if k not in {"path"} and "seconds" not in k
+        )
+        print(
+            f"{row['path']:44s} fp32 {row['seconds_float32']:7.1f} s  bf16 "
+            f"{row['seconds_bfloat16']:7.1f} s  {agreement}"
+        )
+    _print_figures({"clock": clock_name, "paths": rows}, args.json)
     return 0
 
 
@@ -314,8 +429,26 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--json", action="store_true", help="also print all figures as JSON")
     bt.set_defaults(func=cmd_bench_training)
 
+    ba = bench_sub.add_parser(
+        "all", help="every hot path beside this machine's matmul and bandwidth limits"
+    )
+    _add_cpu_time(ba)
+    ba.add_argument("--out", default=None, help="JSON file (default <data dir>/benchmarks/)")
+    ba.set_defaults(func=cmd_bench_all)
+
+    bdt = bench_sub.add_parser(
+        "dtypes", help="bf16 against fp32 per hot path: speed and agreement of the answers"
+    )
+    _add_cpu_time(bdt)
+    bdt.add_argument("--items", type=int, default=0, help="first N BFI-44 items (0: all)")
+    bdt.add_argument("--batch-size", type=int, default=8, help="replies decoded at once")
+    bdt.add_argument("--new-tokens", type=int, default=24, help="tokens per greedy reply")
+    bdt.add_argument("--json", action="store_true", help="also print all figures as JSON")
+    bdt.set_defaults(func=cmd_bench_dtypes)
+
     bi = bench_sub.add_parser(
-        "inventory", help="items/s of option log-probability vs generate-and-parse scoring"
+        "inventory",
+        help="items/s of log-prob scoring and generate-and-parse against the paper's protocol",
     )
     bi.add_argument(
         "--inventory",
@@ -323,14 +456,16 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["bfi44", "ipip_neo_120"],
         help="inventory whose items are scored",
     )
-    bi.add_argument("--items", type=int, default=None, help="first N items (default: all)")
+    bi.add_argument("--items", type=int, default=16, help="first N items (0: all)")
     bi.add_argument("--batch-size", type=int, default=16, help="prompts per batch")
+    bi.add_argument("--runs", type=int, default=5, help="replies per item (the paper: 5)")
     bi.add_argument(
-        "--max-new-tokens", type=int, default=8, help="generate-and-parse: token cap per answer"
+        "--max-new-tokens", type=int, default=128, help="generate-and-parse: token cap per answer"
     )
     bi.add_argument(
-        "--repeats", type=int, default=2, help="timed runs of each; items/s uses the median"
+        "--repeats", type=int, default=1, help="timed runs of each; items/s uses the median"
     )
+    _add_cpu_time(bi)
     bi.add_argument("--seed", type=int, default=0, help="seed of the sampled answers")
     bi.add_argument("--json", action="store_true", help="also print all figures as JSON")
     bi.set_defaults(func=cmd_bench_inventory)

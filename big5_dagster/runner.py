@@ -10,6 +10,8 @@ version. A code version covers the code, data files and settings the asset uses
 
 from __future__ import annotations
 
+import resource
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from graphlib import TopologicalSorter
@@ -26,7 +28,7 @@ INPUT_DATA_VERSION_TAG = "dagster/input_data_version/"
 
 @dataclass(frozen=True)
 class Step:
-    """One run: one asset, for one partition key (or none)."""
+    """One run: one asset (or several models of one multi-asset), for one partition key (or none)."""
 
     keys: tuple[dg.AssetKey, ...]
     partition: str | None
@@ -150,6 +152,54 @@ def outdated(
     return [p for p in node.partitions if staleness(instance, node, p) is not None]
 
 
+def _batch_with_siblings(
+    node: AssetNode,
+    nodes: dict[dg.AssetKey, AssetNode],
+    pending: set[dg.AssetKey],
+    instance: dg.DagsterInstance,
+    force: bool,
+) -> list[dg.AssetKey]:
+    """``node``'s key and the other keys of its multi-asset that can run in the same run.
+
+    One run per model of a multi-asset (the dbt models) would start one dbt process per
+    model (about 12 CPU-s each here). A sibling joins when it is outdated, or reads a key
+    already in the batch (whose data it will change), and when nothing it reads outside the
+    batch is still pending (an upstream asset of another kind that has not run yet).
+    Only unpartitioned multi-assets are batched.
+    """
+    keys = [node.key]
+    siblings = [
+        nodes[k] for k in node.assets_def.keys if k != node.key and k in nodes and k in pending
+    ]
+    if node.assets_def.partitions_def is not None or not node.assets_def.can_subset:
+        return keys
+    added = True
+    while added:
+        added = False
+        for sibling in siblings:
+            if sibling.key in keys:
+                continue
+            if any(d in pending and d not in keys for d in sibling.deps if d in nodes):
+                continue
+            reads_batch = any(d in keys for d in sibling.deps)
+            if force or reads_batch or staleness(instance, sibling, None) is not None:
+                keys.append(sibling.key)
+                added = True
+    return keys
+
+
+def _run_times(instance: dg.DagsterInstance, run_id: str) -> float:
+    """Seconds the run's steps took (what is left of a run's wall time is orchestration)."""
+    return sum(
+        (s.end_time or 0.0) - (s.start_time or 0.0) for s in instance.get_run_step_stats(run_id)
+    )
+
+
+def _peak_rss_mb() -> float:
+    # ru_maxrss is in KiB on Linux: the process's peak so far (the model, caches, trainers).
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def materialize_outdated(
     defs: dg.Definitions,
     instance: dg.DagsterInstance,
@@ -160,16 +210,20 @@ def materialize_outdated(
 ) -> list[Step]:
     """Materialize every missing or stale asset partition (all of them with ``force``).
 
-    ``run_config`` may set ``ops: {asset: {config: ...}}`` for any asset; each run gets
-    the part for the asset it materializes.
+    One run per asset partition, except that the outdated models of one multi-asset (the
+    dbt models) share a run. ``run_config`` may set ``ops: {asset: {config: ...}}`` for any
+    asset; each run gets the part for the assets it materializes. Each run logs its wall
+    time, the CPU time of this process, the orchestration overhead (wall time outside the
+    steps) and the peak memory of the process so far.
     """
     ops_config = (run_config or {}).get("ops", {})
     nodes = asset_nodes(defs)
     wanted = set(selection) if selection else set(nodes)
+    pending = {k for k in nodes if k in wanted}
     assets = list(defs.assets or []) + list(defs.asset_checks or [])
     done: list[Step] = []
     for level in dependency_levels(nodes):
-        for key in (k for k in level if k in wanted):
+        for key in (k for k in level if k in pending):
             node = nodes[key]
             # Upstream assets of this run have been materialized by now: their new data
             # versions decide whether this one is stale.
@@ -177,30 +231,41 @@ def materialize_outdated(
                 p for p in node.partitions if force or staleness(instance, node, p) is not None
             ]
             if not partitions:
+                pending.discard(key)
                 log(f"  fresh      {key.to_user_string()}")
                 continue
+            keys = _batch_with_siblings(node, nodes, pending, instance, force)
+            pending.difference_update(keys)
+            names = {k.to_python_identifier() for k in keys}
             for partition in partitions:
-                label = key.to_user_string() + (f"[{partition}]" if partition else "")
+                label = ", ".join(k.to_user_string() for k in keys) + (
+                    f"[{partition}]" if partition else ""
+                )
                 log(f"  materialize {label}")
+                wall, cpu = time.perf_counter(), time.process_time()
                 result = dg.materialize(
                     assets,
-                    selection=[key],
+                    selection=keys,
                     instance=instance,
                     resources=defs.resources,
                     partition_key=partition,
                     run_config={
                         **QUIET_LOGS,
-                        "ops": {
-                            n: c for n, c in ops_config.items() if n == key.to_python_identifier()
-                        },
+                        "ops": {n: c for n, c in ops_config.items() if n in names},
                     },
                     raise_on_error=True,
                 )
                 if not result.success:
                     raise RuntimeError(f"materialization of {label} failed")
+                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+                overhead = max(0.0, wall - _run_times(instance, result.run_id))
+                log(
+                    f"    {wall:.1f} s (cpu {cpu:.1f} s, orchestration {overhead:.1f} s), "
+                    f"peak memory {_peak_rss_mb():.0f} MB"
+                )
                 for check in result.get_asset_check_evaluations():
                     outcome = "passed" if check.passed else f"FAILED ({check.severity.value})"
                     note = f": {check.description}" if check.description else ""
                     log(f"    check {check.check_name} {outcome}{note}")
-                done.append(Step((key,), partition))
+                done.append(Step(tuple(keys), partition))
     return done

@@ -62,3 +62,22 @@ def tiny_backend(tiny_model_dir: Path, tmp_path_factory):
         models_dir=str(tmp_path_factory.mktemp("models")),
         device="cpu",
     )
+
+
+VARIED_WEIGHT_STD = 0.2
+
+
+def vary_weights(model, seed: int = 0, std: float = VARIED_WEIGHT_STD) -> None:
+    """Re-draw every non-norm weight with std ``std`` (in place).
+
+    With the fixture's default initialization (std 0.02) greedy decoding emits '\\n' at every
+    step, so comparing token lists would prove nothing; std 0.2 gives varied tokens with
+    clear margins between the best and the second-best token.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "norm" not in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)

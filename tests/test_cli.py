@@ -41,7 +41,7 @@ def test_every_bench_option_has_help():
     sub = next(a for a in parser._actions if a.dest == "command")
     bench = sub.choices["bench"]
     benchmarks = next(a for a in bench._actions if a.dest == "benchmark")
-    assert set(benchmarks.choices) == {"dexperts", "training", "inventory"}
+    assert set(benchmarks.choices) == {"all", "dexperts", "dtypes", "training", "inventory"}
     for name, benchmark in benchmarks.choices.items():
         for action in benchmark._actions:
             if action.dest != "help":

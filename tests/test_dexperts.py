@@ -8,9 +8,16 @@ import math
 
 import pytest
 import torch
+from model_fixtures import vary_weights
 from transformers import LogitsProcessor
 
-from big5_dagster.lib.engine.adapters import lora_adapter, merged_expert_copy, random_lora_adapter
+from big5_dagster.lib.engine.adapters import (
+    BASE_ADAPTER,
+    RowMaskedLora,
+    lora_adapter,
+    merged_expert_copy,
+    random_lora_adapter,
+)
 from big5_dagster.lib.engine.chat import render_chat
 from big5_dagster.lib.engine.dexperts import (
     DExpertsParams,
@@ -21,6 +28,7 @@ from big5_dagster.lib.engine.dexperts import (
     persona_reply_request,
 )
 from big5_dagster.lib.engine.generation import generate_chat
+from big5_dagster.lib.engine.kv_decode import DecodeStream
 from big5_dagster.lib.engine.loading import load_model
 from big5_dagster.lib.engine.sampling import SamplingParams
 from big5_dagster.lib.engine.tokens import eos_token_ids
@@ -56,18 +64,10 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
-    """A private load of the tiny model (tests attach adapters to it), re-initialized.
-
-    With the fixture's default initialization (std 0.02) greedy decoding emits '\\n' at every
-    step, so comparing token lists would prove nothing; weights of std 0.2 give varied tokens
-    with clear margins between the best and second-best token.
-    """
+    """A private load of the tiny model (tests attach adapters to it), with varied weights
+    (``model_fixtures.vary_weights``) so that token lists differ where the logits do."""
     loaded = load_model(str(tiny_model_dir), device="cpu")
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, parameter in loaded.model.named_parameters():
-            if "norm" not in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * WEIGHT_STD)
+    vary_weights(loaded.model, std=WEIGHT_STD)
     return loaded
 
 
@@ -500,3 +500,68 @@ def test_separate_anti_expert_adapter_batched_equals_two_models(tiny, requests_,
     )
     assert token_lists(batched) == token_lists(separate)
     assert token_lists(batched) != token_lists(same_adapter)  # the anti-expert's weights matter
+
+
+@pytest.mark.parametrize("formula", ["paper", "dexperts"])
+def test_sampled_batched_lora_equals_two_models_and_does_not_depend_on_the_batch(
+    tiny, requests_, formula
+):
+    """Each request samples from its own seeded stream, so the one-forward LoRA path (row
+    masks) and two models stepped in lockstep draw the same tokens, in any batch size."""
+    params = DExpertsParams(formula=formula, alpha=1.0, warmup_tokens=2)
+    sampling = SamplingParams(max_new_tokens=10, temperature=1.0, top_p=0.95, seed=5)
+    with random_lora_adapter(tiny.model, seed=1) as peft_model:
+        path = DecodeStream(
+            peft_model, [[1, 2]], pad_token_id=0, max_new_tokens=1, adapter_names=[BASE_ADAPTER]
+        )
+        assert path.lora is not None  # plain LoRA runs row-masked, not through peft's mixing
+        batched = generate_dexperts(
+            peft_model, tiny.tokenizer, requests_, params, sampling, expert="expert", batch_size=3
+        )
+        singles = generate_dexperts(
+            peft_model, tiny.tokenizer, requests_, params, sampling, expert="expert", batch_size=1
+        )
+        merged = merged_expert_copy(peft_model, "expert")
+    two_models = generate_dexperts(
+        tiny.model, tiny.tokenizer, requests_, params, sampling, expert=merged
+    )
+    assert token_lists(batched) == token_lists(two_models) == token_lists(singles)
+    other = generate_dexperts(
+        tiny.model,
+        tiny.tokenizer,
+        requests_,
+        params,
+        dataclasses.replace(sampling, seed=6),
+        expert=merged,
+    )
+    assert token_lists(other) != token_lists(two_models)
+
+
+@pytest.mark.parametrize("formula", ["paper", "dexperts"])
+def test_row_masked_lora_equals_peft_mixed_batches(tiny, requests_, formula, monkeypatch):
+    """The row masks give every row exactly what peft's own mixed-adapter forward gives it
+    (the path any LoRA the masks do not cover takes)."""
+    params = DExpertsParams(formula=formula, alpha=1.0, warmup_tokens=2)
+    with random_lora_adapter(tiny.model, seed=1) as peft_model:
+        assert RowMaskedLora.supports(peft_model, [BASE_ADAPTER, "expert"])
+        masked = generate_dexperts(
+            peft_model, tiny.tokenizer, requests_, params, GREEDY, expert="expert"
+        )
+        monkeypatch.setattr(RowMaskedLora, "supports", staticmethod(lambda *args: False))
+        mixed = generate_dexperts(
+            peft_model, tiny.tokenizer, requests_, params, GREEDY, expert="expert"
+        )
+    assert token_lists(masked) == token_lists(mixed)
+
+
+def test_row_masks_cover_plain_lora_on_linear_layers_only(tiny):
+    from peft import LoraConfig, get_peft_model
+
+    for config, covered in (
+        (LoraConfig(r=2, target_modules=["q_proj", "v_proj"]), True),
+        (LoraConfig(r=2, target_modules=["q_proj"], use_dora=True), False),
+        (LoraConfig(r=2, target_modules=["q_proj", "embed_tokens"]), False),
+    ):
+        peft_model = get_peft_model(copy.deepcopy(tiny.model), config)
+        assert RowMaskedLora.supports(peft_model, [BASE_ADAPTER, "default"]) is covered
+    assert not RowMaskedLora.supports(tiny.model, [BASE_ADAPTER])  # not a PeftModel

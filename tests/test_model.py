@@ -480,38 +480,27 @@ def test_generation_first_step_gives_the_option_scores(tiny, one_torch_thread):
     assert [r.token_ids for r in results] == [r.token_ids for r in plain]
 
 
-def test_per_row_sampler_samples_the_softmax():
-    from big5_dagster.lib.engine.sampling import PerRowSampler
-
-    # p = softmax([-inf, 0, log 3]) = (0, 0.25, 0.75): the picked token follows p.
-    n = 4000
-    scores = torch.tensor([[float("-inf"), 0.0, float(torch.log(torch.tensor(3.0)))]]).repeat(n, 1)
-    picked = PerRowSampler(range(n))(torch.zeros((n, 1), dtype=torch.long), scores.clone())
-    assert ((picked == 0) | (picked == float("-inf"))).all()
-    assert (picked == 0).sum(dim=1).eq(1).all()  # exactly one token survives per row
-    share = torch.bincount(picked.argmax(dim=1), minlength=3).double() / n
-    assert share[0] == 0
-    assert abs(share[2].item() - 0.75) < 0.03  # 4.4 standard errors
-    # Row i's draw comes from seed i alone.
-    pair = PerRowSampler([5, 6])(torch.zeros((2, 1), dtype=torch.long), scores[:2].clone())
-    alone = PerRowSampler([6])(torch.zeros((1, 1), dtype=torch.long), scores[:1].clone())
-    assert torch.equal(pair[1], alone[0])
-
-
-def test_bench_inventory_reports_both_scorers_on_the_same_items(tiny, one_torch_thread):
+def test_bench_inventory_compares_both_scorers_with_the_paper_protocol(tiny, one_torch_thread):
     from big5_dagster.bench.inventory import bench_inventory
     from big5_dagster.lib.personality.inventory import load_inventory
 
     bfi = load_inventory("bfi44")
-    figures = bench_inventory(tiny, bfi, 4, batch_size=2, max_new_tokens=2, repeats=1)
-    logprob, generate = figures["logprob"], figures["generate_and_parse"]
-    assert figures["n_items"] == 4 and figures["prefix_tokens"] > 20
+    figures = bench_inventory(tiny, bfi, 4, batch_size=4, runs=2, max_new_tokens=6)
+    logprob, generate, paper = (
+        figures["logprob"],
+        figures["generate_and_parse"],
+        figures["paper_protocol"],
+    )
+    assert figures["n_items"] == 4 and figures["answers"] == 8 and figures["prefix_tokens"] > 20
     assert sum(logprob["argmax_counts"].values()) == 4
-    assert sum(generate["parse_statuses"].values()) == 4
-    assert 0 < logprob["mean_option_mass"] < 1
-    assert 1 <= generate["mean_new_tokens"] <= 2
-    assert figures["logprob_to_generate_ratio"] == pytest.approx(
-        logprob["items_per_second"] / generate["items_per_second"]
+    assert sum(generate["parse_statuses"].values()) == sum(paper["parse_statuses"].values()) == 8
+    # The stop rule never changes an answer: the same seeds give prefixes that parse the same.
+    assert figures["answers_equal"] == 8
+    assert generate["parse_failure_rate"] == paper["parse_failure_rate"]
+    assert generate["mean_new_tokens"] <= paper["mean_new_tokens"] <= 6
+    assert sum(paper["finish_reasons"].values()) == 8 and paper["finish_reasons"]["stop"] == 0
+    assert figures["logprob_to_paper_ratio"] == pytest.approx(
+        logprob["items_per_second"] / paper["items_per_second"]
     )
     with pytest.raises(ValueError, match=r"n_items must be between 1 and 44"):
         bench_inventory(tiny, bfi, 45)

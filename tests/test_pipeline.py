@@ -29,6 +29,7 @@ SQL_MODELS = {
 }
 # The foundation's part of the graph: corpora and the SQL models over them.
 FOUNDATION = [dg.AssetKey(name) for name in sorted(CORPORA | SQL_MODELS)]
+CORPORA_KEYS = {dg.AssetKey(name) for name in CORPORA}
 
 
 @pytest.fixture
@@ -80,8 +81,14 @@ def test_workspace_module_loads():
 
 
 def test_materialize_all_then_lineage_back_to_corpora(defs, instance, data_root, capsys):
-    steps = materialize_outdated(defs, instance, FOUNDATION, run_config=SMALL, log=lambda _: None)
+    lines: list[str] = []
+    steps = materialize_outdated(defs, instance, FOUNDATION, run_config=SMALL, log=lines.append)
     assert materialized(steps) == CORPORA | SQL_MODELS
+    # The dbt models go in one run (one dbt process), each run's cost is logged.
+    assert [set(s.keys) for s in steps if set(s.keys) & set(FOUNDATION) - CORPORA_KEYS] == [
+        {dg.AssetKey(name) for name in SQL_MODELS}
+    ]
+    assert sum("orchestration" in line and "peak memory" in line for line in lines) == len(steps)
 
     with duckdb.connect(str(paths.warehouse_path(data_root)), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM psychgenerator_posts").fetchone()[0] == 600

@@ -83,7 +83,11 @@ def build(settings: Settings) -> Stage:
         return tracker.result(
             rows=len(openers),
             artifacts=[path],
-            model_ids={"base": model.model_id(), "base_fingerprint": model.fingerprint()},
+            model_ids={
+                "base": model.model_id(),
+                "base_fingerprint": model.fingerprint(),
+                "base_dtype": model.load().dtype,
+            },
             seeds={"seed": config.seed},
             metadata={
                 "empty_openers": n_empty,
@@ -197,6 +201,7 @@ def build(settings: Settings) -> Stage:
             model_ids={
                 "base": loaded.model_id,
                 "base_fingerprint": loaded.fingerprint,
+                "base_dtype": loaded.dtype,
                 "expert": str(record.folder),
                 "expert_data_version": record.data_version,
                 "expert_path": path_name,

@@ -137,6 +137,7 @@ def build(settings: Settings) -> Stage:
             model_ids={
                 "base": respondent.model_id,
                 "base_fingerprint": respondent.fingerprint,
+                "base_dtype": respondent.dtype,
                 "backend": model.backend,
                 "adapters": {str(s): p for s, p in adapter_paths.items()},
             },

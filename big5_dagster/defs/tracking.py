@@ -26,6 +26,7 @@ from big5_dagster.defs.factory import (
     PROFILE_METADATA,
     SETTINGS_METADATA,
 )
+from big5_dagster.lib.common import progress
 from big5_dagster.lib.common.files import write_parquet
 from big5_dagster.lib.common.hashing import hash_dataframe, hash_json
 from big5_dagster.lib.common.jsonable import jsonable
@@ -296,13 +297,13 @@ def _input_versions_json(inputs: Sequence[InputVersion]) -> dict[str, dict[str, 
 
 
 def progress_logger(context: dg.AssetExecutionContext, what: str, every: float = 0.1):
-    """A (done, total) callback that logs progress of a long step about every 10%."""
-    state = {"next": 0.0}
+    """A (done, total) callback that logs progress of a long step about every 10%, with the
+    time it has taken and an estimate of the time left (``lib.common.progress``)."""
+    line = progress.ProgressLine(what, every=every)
 
     def report(done: int, total: int) -> None:
-        fraction = done / total if total else 1.0
-        if fraction >= state["next"] or done == total:
-            context.log.info(f"{what}: {done}/{total} ({fraction:.0%})")
-            state["next"] = fraction + every
+        message = line.update(done, total)
+        if message is not None:
+            context.log.info(message)
 
     return report

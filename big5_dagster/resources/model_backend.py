@@ -91,7 +91,7 @@ class ModelBackend(dg.ConfigurableResource, ModelSettings):
                     self.base_model,
                     models_dir=Path(self.models_dir),
                     revision=self.revision,
-                    dtype="bfloat16" if self.dtype == "float32" else self.dtype,
+                    dtype="bfloat16" if self.dtype in ("float32", "auto") else self.dtype,
                     gpu_memory_utilization=self.gpu_memory_utilization,
                 )
             return _PROCESS_CACHE[key]

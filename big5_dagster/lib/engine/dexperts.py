@@ -12,24 +12,23 @@ trait-level instruction) followed by the tokens the base has generated so far:
 Two execution paths give the same tokens:
 
 - batched (``expert`` is an adapter name, or the base model object itself): base, expert and
-  anti-expert rows run in ONE forward pass with one KV cache. With a peft ``PeftModel`` the
-  rows choose their weights through peft's mixed-adapter batch inference
-  (``adapter_names=["__base__", ..., "<adapter>", ...]``), so a LoRA expert costs one forward
-  of a larger batch, not a second model.
+  anti-expert rows run in ONE forward pass with one KV cache. With a peft ``PeftModel`` each
+  row gets its own adapter (``"__base__"`` for the base rows) through
+  ``engine.adapters.RowMaskedLora`` (every adapter on every row, its delta masked to its own
+  rows), so a LoRA expert costs one forward of a larger batch, not a second model.
 - two models (``expert`` is a separate causal LM sharing the tokenizer): the expert is stepped
   in lockstep with the base, each with its own KV cache.
 
-Every model is fed only the newest token per step (KV caches, ``engine.kv_decode``; the
-original re-ran the expert over the whole sequence each step, about 10x slower). Rows are left-padded; position ids
-count only real tokens, so a row's tokens do not depend on the other rows in its batch.
-Rows that end (EOS) are dropped from the batch and their caches, the others go on.
+Every model is fed only the newest token per step (``engine.kv_decode``; the original re-ran
+the expert over the whole sequence each step, about 10x slower). Rows are left-padded;
+position ids count only real tokens, so a row's tokens do not depend on the other rows in
+its batch. Rows that end (EOS) leave the batch and their caches, the others go on.
 
 Speed: identical prompts (the expert prompt is the same for every request of a persona) are
-prefilled once, so the prefill costs about what plain generation's does. A decode step of
-the embedded SmolLM2 on a CPU costs nearly the same for 8, 16 or 24 rows (reading the weights
-dominates); the extra cost is peft's per-layer mixed-batch indexing, which grows with the
-number of LoRA-wrapped layers. Measured (``big5 bench dexperts``, 1 torch thread, busy 2-core
-machine, batch 8, 64 new tokens): paper formula 0.74x, classic 0.66x plain generation speed.
+prefilled once, so the prefill costs about what plain generation's does. Each step is one
+forward of 2 (paper) or 3 (classic) times the rows; where the machine's matmul is compute-
+bound at those row counts, that, not the weights read, sets DExperts' cost against plain
+decoding (``big5 bench all`` prints both beside this machine's matmul limit).
 """
 
 from __future__ import annotations
@@ -48,10 +47,16 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from big5_dagster.lib.engine.adapters import BASE_ADAPTER
 from big5_dagster.lib.engine.chat import render_chat
-from big5_dagster.lib.engine.generation import GenerationResult
-from big5_dagster.lib.engine.kv_decode import DecodeStream, model_device
-from big5_dagster.lib.engine.sampling import SamplingParams, repetition_penalties, sampling_warpers
+from big5_dagster.lib.engine.generation import GenerationResult, generation_result
+from big5_dagster.lib.engine.kv_decode import DecodeStream, decode
+from big5_dagster.lib.engine.sampling import (
+    CandidateSampler,
+    SamplingParams,
+    repetition_penalties,
+    row_seeds,
+)
 from big5_dagster.lib.engine.tokens import eos_token_ids
 from big5_dagster.lib.engine.types import Conversation, ProgressCallback
 from big5_dagster.lib.prompts import expert_messages, reply_messages
@@ -64,10 +69,6 @@ ExpertPath = Literal["batched_lora", "shared_weights", "two_models"]
 
 
 Prompt = str | Conversation
-
-
-BASE_ADAPTER = "__base__"
-"""peft's name for 'no adapter' in mixed-adapter batches."""
 
 
 FORMULAS: tuple[str, ...] = ("paper", "dexperts")
@@ -275,8 +276,9 @@ def generate_dexperts(
     combination (:func:`combine_logits`; -inf stays -inf), then repetition penalty,
     ``logits_processors``, and with sampling temperature, top-k and top-p (transformers'
     classes, transformers' order). The processors see the base rows' token ids (padded prompt
-    plus generated tokens). Greedy when ``sampling.do_sample`` is false, otherwise sampled from
-    a generator seeded with ``sampling.seed`` (the same call gives the same texts). A row ends at
+    plus generated tokens). Greedy when ``sampling.do_sample`` is false, otherwise sampled
+    (``CandidateSampler``) with one random stream per request, seeded by
+    ``row_seeds(sampling.seed, len(requests))[i]``, so a reply does not depend on its batch. A row ends at
     an end-of-sequence token (kept in ``token_ids``, not in ``text``) or after
     ``sampling.max_new_tokens``. Requests are batched by base prompt length;
     ``progress(done, total)`` is called after each batch.
@@ -303,38 +305,32 @@ def generate_dexperts(
     if eos_ids is None:
         eos_ids = eos_token_ids(model, tokenizer)
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
-    penalties, warpers = repetition_penalties(sampling), sampling_warpers(sampling)
-    device = model_device(model)
-    generator = torch.Generator(device=device).manual_seed(sampling.seed)
+    penalties = repetition_penalties(sampling)
+    # One random stream per request (by index): a reply does not depend on its batch.
+    seeds = row_seeds(sampling.seed, len(requests))
 
     order = sorted(range(len(requests)), key=lambda i: (len(base_ids[i]), i))
     results: list[GenerationResult | None] = [None] * len(requests)
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
-        generated = _decode_batch(
+        decoded = _decode_batch(
             model,
             plan,
             [base_ids[i] for i in batch],
             [expert_ids[i] for i in batch],
             [anti_ids[i] for i in batch] if classic else None,
             params=params,
-            sampling=sampling,
+            max_new_tokens=sampling.max_new_tokens,
             pad_token_id=pad_token_id,
             eos_ids=eos_ids,
-            generator=generator,
+            sampler=CandidateSampler.for_params(sampling, [seeds[i] for i in batch])
+            if sampling.do_sample
+            else None,
             base_processors=LogitsProcessorList(base_logits_processors),
             post_processors=LogitsProcessorList([*penalties, *logits_processors]),
-            warpers=warpers,
         )
         for row, index in enumerate(batch):
-            tokens, stopped = generated[row]
-            text_tokens = tokens[:-1] if stopped else tokens
-            results[index] = GenerationResult(
-                text=tokenizer.decode(text_tokens, skip_special_tokens=True),
-                n_new_tokens=len(tokens),
-                finish_reason="eos" if stopped else "length",
-                token_ids=tuple(tokens),
-            )
+            results[index] = generation_result(tokenizer, decoded[row])
         if progress is not None:
             progress(min(start + batch_size, len(order)), len(order))
     return [r for r in results if r is not None]
@@ -348,54 +344,41 @@ def _decode_batch(
     anti_ids: list[list[int]] | None,
     *,
     params: DExpertsParams,
-    sampling: SamplingParams,
+    max_new_tokens: int,
     pad_token_id: int,
     eos_ids: Sequence[int],
-    generator: torch.Generator,
+    sampler: CandidateSampler | None,
     base_processors: LogitsProcessorList,
     post_processors: LogitsProcessorList,
-    warpers: LogitsProcessorList,
-) -> list[tuple[list[int], bool]]:
-    """Generated tokens and whether it stopped at EOS, per row of one batch."""
+) -> list[Any]:
+    """The decoded rows of one batch (``kv_decode.Decoded``), in order."""
     n = len(base_ids)
-    device = model_device(model)
-    max_new = sampling.max_new_tokens
     expert_groups = [expert_ids] if anti_ids is None else [expert_ids, anti_ids]
     groups = 1 + len(expert_groups)  # row blocks: base, expert[, anti-expert]
+
+    def stream(target: Any, prompts: list[list[int]], names: list[str] | None) -> DecodeStream:
+        return DecodeStream(
+            target,
+            prompts,
+            pad_token_id=pad_token_id,
+            max_new_tokens=max_new_tokens,
+            adapter_names=names,
+        )
 
     # A PeftModel's own adapters never touch the base rows: they run as "__base__".
     base_is_peft = isinstance(model, PeftModel)
     expert_rows = [ids for group in expert_groups for ids in group]
+    streams: list[tuple[DecodeStream, int]]
     if plan.path == "two_models":
-        base_stream = DecodeStream(
-            model,
-            base_ids,
-            pad_token_id=pad_token_id,
-            max_new_tokens=max_new,
-            adapter_names=[BASE_ADAPTER] * n if base_is_peft else None,
-        )
+        base_stream = stream(model, base_ids, [BASE_ADAPTER] * n if base_is_peft else None)
         if plan.anti_model is not None and anti_ids is not None:
             streams = [
-                base_stream,
-                DecodeStream(
-                    plan.expert_model, expert_ids, pad_token_id=pad_token_id, max_new_tokens=max_new
-                ),
-                DecodeStream(
-                    plan.anti_model, anti_ids, pad_token_id=pad_token_id, max_new_tokens=max_new
-                ),
+                (base_stream, 1),
+                (stream(plan.expert_model, expert_ids, None), 1),
+                (stream(plan.anti_model, anti_ids, None), 1),
             ]
-            blocks_per_stream = [1, 1, 1]
         else:
-            streams = [
-                base_stream,
-                DecodeStream(
-                    plan.expert_model,
-                    expert_rows,
-                    pad_token_id=pad_token_id,
-                    max_new_tokens=max_new,
-                ),
-            ]
-            blocks_per_stream = [1, groups - 1]
+            streams = [(base_stream, 1), (stream(plan.expert_model, expert_rows, None), groups - 1)]
     else:
         adapter_names = None
         if plan.path == "batched_lora":
@@ -405,75 +388,27 @@ def _decode_batch(
                 adapter_names += [anti_name] * n
         elif base_is_peft:  # shared weights: the expert is the base with its own prompt
             adapter_names = [BASE_ADAPTER] * (n + len(expert_rows))
-        streams = [
-            DecodeStream(
-                model,
-                [*base_ids, *expert_rows],
-                pad_token_id=pad_token_id,
-                max_new_tokens=max_new,
-                adapter_names=adapter_names,
-            )
-        ]
-        blocks_per_stream = [groups]
+        streams = [(stream(model, [*base_ids, *expert_rows], adapter_names), groups)]
 
-    # The processors' view of the sequence: the base prompts left-padded as generate() pads them.
-    width = max(len(ids) for ids in base_ids)
-    sequences = torch.full((n, width), pad_token_id, dtype=torch.long, device=device)
-    for row, ids in enumerate(base_ids):
-        sequences[row, width - len(ids) :] = torch.as_tensor(ids, dtype=torch.long)
-    eos_tensor = torch.as_tensor(list(eos_ids), dtype=torch.long, device=device)
-
-    outputs: list[list[int]] = [[] for _ in range(n)]
-    stopped = [False] * n
-    active = list(range(n))  # batch rows still generating, in stream row order
-    logits = [stream.prefill() for stream in streams]
-    for step in range(max_new):
-        blocks = [
-            block
-            for stream_logits, count in zip(logits, blocks_per_stream, strict=True)
-            for block in stream_logits.to(device).float().chunk(count, dim=0)
-        ]
-        scores = base_processors(sequences, blocks[0])
+    def scores(step: int, sequences: torch.Tensor, blocks: list[torch.Tensor]) -> torch.Tensor:
+        combined = base_processors(sequences, blocks[0])
         if params.steers_at(step):
-            scores = combine_logits(
-                scores,
+            combined = combine_logits(
+                combined,
                 blocks[1],
                 blocks[2] if len(blocks) > 2 else None,
                 alpha=params.alpha,
                 formula=params.formula,
             )
-        scores = post_processors(sequences, scores)
-        if sampling.do_sample:
-            scores = warpers(sequences, scores)
-            next_tokens = torch.multinomial(
-                torch.softmax(scores, dim=-1), 1, generator=generator
-            ).squeeze(1)
-        else:
-            next_tokens = scores.argmax(dim=-1)
-        sequences = torch.cat([sequences, next_tokens[:, None]], dim=1)
-        for position, token in enumerate(next_tokens.tolist()):
-            outputs[active[position]].append(token)
-        if step == max_new - 1:
-            break
-        finished = torch.isin(next_tokens, eos_tensor)
-        if bool(finished.any()):
-            for position in finished.nonzero().flatten().tolist():
-                stopped[active[position]] = True
-            keep = (~finished).nonzero().flatten()
-            if keep.numel() == 0:
-                break
-            active = [active[i] for i in keep.tolist()]
-            sequences = sequences.index_select(0, keep)
-            next_tokens = next_tokens.index_select(0, keep)
-            rows_before = int(finished.numel())
-            for stream, count in zip(streams, blocks_per_stream, strict=True):
-                stream.keep_rows(torch.cat([keep + block * rows_before for block in range(count)]))
-        logits = [
-            stream.step(next_tokens.repeat(count))
-            for stream, count in zip(streams, blocks_per_stream, strict=True)
-        ]
-    # The last token may be EOS without the loop having checked it (max_new reached).
-    for row in range(n):
-        if not stopped[row] and outputs[row] and outputs[row][-1] in eos_ids:
-            stopped[row] = True
-    return [(outputs[row], stopped[row]) for row in range(n)]
+        return post_processors(sequences, combined)
+
+    # The processors see the base prompts left-padded, then the generated tokens.
+    return decode(
+        streams,
+        base_ids,
+        max_new_tokens=max_new_tokens,
+        eos_ids=eos_ids,
+        pad_token_id=pad_token_id,
+        scores=scores,
+        sampler=sampler,
+    )

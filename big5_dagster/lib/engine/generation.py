@@ -1,17 +1,23 @@
-"""Chat generation: batched, left-padded, seeded, in input order."""
+"""Chat generation: batched, left-padded, seeded per prompt, in input order."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedTokenizerBase
+from transformers import LogitsProcessor, PreTrainedTokenizerBase
 
 from big5_dagster.lib.engine.chat import render_chat
+from big5_dagster.lib.engine.kv_decode import Decoded, decode_rows
 from big5_dagster.lib.engine.loading import LoadedModel
-from big5_dagster.lib.engine.sampling import SamplingParams, seeded
+from big5_dagster.lib.engine.sampling import (
+    CandidateSampler,
+    SamplingParams,
+    repetition_penalties,
+    row_seeds,
+)
 from big5_dagster.lib.engine.tokens import eos_token_ids
 from big5_dagster.lib.engine.types import Conversation, ProgressCallback
 
@@ -24,7 +30,9 @@ class GenerationResult:
     """Decoded new tokens without special tokens; not stripped (a leading space can matter)."""
     n_new_tokens: int
     """Tokens the model generated, counting the end-of-sequence token when it stopped there."""
-    finish_reason: Literal["eos", "length"]
+    finish_reason: Literal["eos", "stop", "length"]
+    """'eos': the end-of-turn token; 'stop': a stop rule said the reply was decided (e.g. the
+    answer's number was complete); 'length': the token cap."""
     token_ids: tuple[int, ...]
     """The generated token ids, the end-of-sequence token included."""
 
@@ -73,10 +81,13 @@ def generate_from_text(
     """Continue already rendered prompt strings (no chat template applied), in input order.
 
     Prompts are tokenized with ``add_special_tokens=False`` because a rendered prompt holds
-    its special tokens already, and generated in left-padded batches of similar length.
-    Seeded: the same call with the same inputs returns the same texts. ``logits_processors``
-    run on every step after the built-in ones (e.g. DExperts steering). ``progress(done,
-    total)`` is called after each batch.
+    its special tokens already, and generated in left-padded batches of similar length
+    (``kv_decode.decode_rows``: a prefix the batch shares is computed once, rows leave the
+    batch at their end-of-turn token). Seeded per prompt: prompt i samples from its own
+    stream seeded by ``row_seeds(params.seed, len(prompts))[i]``, so its text does not depend
+    on the batch it ran in. The repetition penalty runs first, then ``logits_processors``
+    (e.g. masks), then temperature, top-k and top-p (``CandidateSampler``), in transformers'
+    order. ``progress(done, total)`` is called after each batch.
     """
     if not prompts:
         return []
@@ -86,42 +97,51 @@ def generate_from_text(
         if not ids:
             raise ValueError(f"prompt {i} is empty")
     eos_ids = eos_token_ids(model, tokenizer)
-    gen_config = params.generation_config(eos_ids, tokenizer.pad_token_id)
+    seeds = row_seeds(params.seed, len(prompts))
+    processors = [*repetition_penalties(params), *logits_processors]
     results: list[GenerationResult | None] = [None] * len(prompts)
     done = 0
-    with seeded(params.seed, loaded.device):
-        for batch in batches_by_length([len(ids) for ids in encoded], batch_size):
-            # Left padding: generation continues at the right end of every row.
-            inputs = tokenizer.pad(
-                {"input_ids": [encoded[i] for i in batch]},
-                padding=True,
-                padding_side="left",
-                return_tensors="pt",
-            ).to(loaded.device)
-            output = model.generate(
-                **inputs,
-                generation_config=gen_config,
-                logits_processor=LogitsProcessorList(logits_processors),
-            )
-            new_tokens = output[:, inputs["input_ids"].shape[1] :].cpu().tolist()
-            for row, index in enumerate(batch):
-                results[index] = finish_generation(tokenizer, new_tokens[row], eos_ids)
-            done += len(batch)
-            if progress is not None:
-                progress(done, len(prompts))
+    for batch in batches_by_length([len(ids) for ids in encoded], batch_size):
+        decoded = decode_rows(
+            model,
+            [encoded[i] for i in batch],
+            max_new_tokens=params.max_new_tokens,
+            eos_ids=eos_ids,
+            pad_token_id=tokenizer.pad_token_id,
+            sampler=CandidateSampler.for_params(params, [seeds[i] for i in batch])
+            if params.do_sample
+            else None,
+            processors=processors,
+        )
+        for row, index in enumerate(batch):
+            results[index] = generation_result(tokenizer, decoded[row])
+        done += len(batch)
+        if progress is not None:
+            progress(done, len(prompts))
     return [r for r in results if r is not None]
 
 
-def finish_generation(
-    tokenizer: PreTrainedTokenizerBase, new_tokens: list[int], eos_ids: Sequence[int]
-) -> GenerationResult:
-    stop = next((k for k, token in enumerate(new_tokens) if token in eos_ids), None)
-    # After EOS a finished row is filled with pad tokens until the batch ends.
-    kept = new_tokens if stop is None else new_tokens[: stop + 1]
-    text_tokens = kept if stop is None else kept[:-1]
+def generation_result(tokenizer: PreTrainedTokenizerBase, decoded: Decoded) -> GenerationResult:
+    """A decoded row as a reply: the text without special tokens or the end-of-turn token."""
+    tokens = list(decoded.tokens)
+    text_tokens = tokens[:-1] if decoded.finish_reason == "eos" else tokens
     return GenerationResult(
         text=tokenizer.decode(text_tokens, skip_special_tokens=True),
-        n_new_tokens=len(kept),
-        finish_reason="length" if stop is None else "eos",
-        token_ids=tuple(kept),
+        n_new_tokens=len(tokens),
+        finish_reason=decoded.finish_reason,
+        token_ids=tuple(tokens),
     )
+
+
+def cut_at_stop(
+    tokenizer: PreTrainedTokenizerBase, result: GenerationResult, stop: Callable[[str], bool]
+) -> GenerationResult:
+    """``result`` cut after its first token at which ``stop(text so far)`` holds, as a decode
+    loop with that stop rule would have ended it (for engines that generate to the end)."""
+    tokens = list(result.token_ids)
+    for k in range(1, len(tokens) + 1):
+        if result.finish_reason == "eos" and k == len(tokens):
+            break  # the end-of-turn token came first
+        if stop(tokenizer.decode(tokens[:k], skip_special_tokens=True)):
+            return generation_result(tokenizer, Decoded(tokens[:k], "stop"))
+    return result

@@ -34,8 +34,9 @@ from transformers import (
 
 from big5_dagster.lib.common.hashing import hash_bytes
 from big5_dagster.lib.engine.embedded import EMBEDDED, EMBEDDED_MODEL_ID, ensure_embedded_model
+from big5_dagster.lib.engine.hardware import auto_dtype
 from big5_dagster.lib.engine.tokens import set_special_token_ids
-from big5_dagster.lib.engine.types import Device, Dtype, ModelBackendError
+from big5_dagster.lib.engine.types import Device, Dtype, DtypeSetting, ModelBackendError
 
 log = logging.getLogger(__name__)
 
@@ -167,18 +168,24 @@ def load_model(
     *,
     models_dir: Path | None = None,
     revision: str | None = None,
-    dtype: Dtype = "float32",
+    dtype: DtypeSetting = "float32",
     device: Device = "auto",
 ) -> LoadedModel:
     """Load ``base_model`` ('embedded', a checkpoint folder, or a hub id) for inference.
 
     device 'auto' uses CUDA when available (``device_map='auto'``, which also spreads a large
-    model over several GPUs), else the CPU. The tokenizer pads on the left.
+    model over several GPUs), else the CPU. dtype 'auto' picks what the hardware runs fast
+    (``engine.hardware.auto_dtype``); ``LoadedModel.dtype`` and the fingerprint record the
+    dtype chosen, so results computed in another dtype never pass for these. The tokenizer
+    pads on the left.
     """
-    if dtype not in _TORCH_DTYPES:
-        raise ModelBackendError(f"dtype {dtype!r} is not one of {sorted(_TORCH_DTYPES)}")
+    if dtype not in (*_TORCH_DTYPES, "auto"):
+        raise ModelBackendError(f"dtype {dtype!r} is not one of {sorted([*_TORCH_DTYPES, 'auto'])}")
     kind, model_id = resolve_model_source(base_model, models_dir)
     target = _resolve_device(device)
+    if dtype == "auto":
+        dtype = auto_dtype(target)  # type: ignore[assignment]
+        log.info("dtype auto: %s on %s", dtype, target)
     load_kwargs: dict[str, Any] = {"dtype": _TORCH_DTYPES[dtype]}
     if target == "cuda":
         load_kwargs["device_map"] = "auto"

@@ -8,7 +8,7 @@ has the same methods.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -29,6 +29,8 @@ class Respondent(Protocol):
 
     model_id: str
     fingerprint: str
+    dtype: str
+    """The dtype the weights run in (what ``dtype: auto`` chose), for lineage."""
     tokenizer: Any
 
     def generate_with_shared_prefix(
@@ -38,6 +40,7 @@ class Respondent(Protocol):
         *,
         batch_size: int,
         seeds: Sequence[int] | None = None,
+        stop: Callable[[str], bool] | None = None,
     ) -> list[GenerationResult]: ...
 
     def generate_and_score_with_shared_prefix(
@@ -48,6 +51,7 @@ class Respondent(Protocol):
         *,
         batch_size: int,
         seeds: Sequence[int] | None = None,
+        stop: Callable[[str], bool] | None = None,
     ) -> tuple[list[GenerationResult], OptionScores]: ...
 
     def score_options(
@@ -70,6 +74,10 @@ class TransformersRespondent:
         return self.loaded.fingerprint
 
     @property
+    def dtype(self) -> str:
+        return self.loaded.dtype
+
+    @property
     def tokenizer(self) -> Any:
         return self.loaded.tokenizer
 
@@ -80,9 +88,10 @@ class TransformersRespondent:
         *,
         batch_size: int,
         seeds: Sequence[int] | None = None,
+        stop: Callable[[str], bool] | None = None,
     ) -> list[GenerationResult]:
         return generate_with_shared_prefix(
-            self.loaded, conversations, params, batch_size=batch_size, seeds=seeds
+            self.loaded, conversations, params, batch_size=batch_size, seeds=seeds, stop=stop
         )
 
     def generate_and_score_with_shared_prefix(
@@ -93,9 +102,16 @@ class TransformersRespondent:
         *,
         batch_size: int,
         seeds: Sequence[int] | None = None,
+        stop: Callable[[str], bool] | None = None,
     ) -> tuple[list[GenerationResult], OptionScores]:
         return generate_and_score_with_shared_prefix(
-            self.loaded, conversations, params, options, batch_size=batch_size, seeds=seeds
+            self.loaded,
+            conversations,
+            params,
+            options,
+            batch_size=batch_size,
+            seeds=seeds,
+            stop=stop,
         )
 
     def score_options(

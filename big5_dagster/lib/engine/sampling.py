@@ -1,14 +1,16 @@
-"""Sampling settings and the logits processors that sample, built in one place.
+"""Sampling settings and the processors that sample, built in one place.
 
-transformers' ``generate()`` applies repetition penalty, then temperature, top-k and top-p;
-the shared-prefix generation (``engine.shared_prefix``) and DExperts decoding
-(``engine.dexperts``) build the same processors here, in the same order.
+transformers' ``generate()`` applies repetition penalty, then temperature, top-k and top-p,
+then draws. Every decode loop here (``engine.kv_decode``: plain, shared-prefix and DExperts
+generation) applies the same penalty, then :class:`CandidateSampler`, which does
+temperature, top-k, top-p and the draw exactly as transformers defines them, over the top
+few hundred logits instead of a sort of the whole vocabulary, with one seeded random
+stream per row.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,9 +21,6 @@ from transformers import (
     LogitsProcessor,
     LogitsProcessorList,
     RepetitionPenaltyLogitsProcessor,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
 )
 
 
@@ -87,60 +86,159 @@ class SamplingParams:
         return GenerationConfig(**values)
 
 
-def sampling_warpers(params: SamplingParams) -> LogitsProcessorList:
-    """Temperature, top-k and top-p, in the order generate() applies them when sampling;
-    empty for greedy decoding."""
-    warpers = LogitsProcessorList()
-    if params.do_sample:
-        if params.temperature != 1.0:
-            warpers.append(TemperatureLogitsWarper(params.temperature))
-        if params.top_k > 0:
-            warpers.append(TopKLogitsWarper(top_k=params.top_k))
-        if params.top_p < 1.0:
-            warpers.append(TopPLogitsWarper(top_p=params.top_p))
-    return warpers
-
-
 def repetition_penalties(params: SamplingParams) -> LogitsProcessorList:
-    """The repetition penalty generate() applies before the warpers (empty at 1.0)."""
+    """The repetition penalty generate() applies before the warpers (empty at 1.0). It
+    touches only the tokens of each row's sequence (a gather and a scatter), not the vocabulary."""
     penalties = LogitsProcessorList()
     if params.repetition_penalty != 1.0:
         penalties.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
     return penalties
 
 
-class PerRowSampler(LogitsProcessor):
-    """Turns greedy decoding into sampling with one random stream per row.
+DEFAULT_CANDIDATES = 256
+"""Tokens CandidateSampler looks at first: the nucleus of a chat model's next-token
+distribution at top_p 0.9 is a few tokens; a row needing more falls back to the full sort."""
 
-    At each step row i draws one uniform number from its own ``torch.Generator`` (seeded with
-    ``seeds[i]``) and picks the token where it falls in the cumulative softmax of the
-    processed scores (inverse-CDF sampling, exact for the distribution those scores define;
-    filtered tokens at -inf have probability 0 and are never picked). The scores come back
-    as 0 for the picked token and -inf elsewhere, so greedy decoding emits it. Row i uses only
-    its own stream, one draw per generated token, so its reply depends on its prompt and
-    seed, not on which other rows share its batch. Run it last, after the warpers.
+
+def nucleus_mask(probs_desc: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Which of the descending-sorted probabilities top-p keeps, by transformers' rule.
+
+    ``TopPLogitsWarper`` removes a token when the ascending cumulative mass up to and including
+    it is <= 1 - top_p, i.e. keeps it when the mass of the tokens more likely than it is
+    < top_p. The most likely token is always kept.
+    """
+    above = probs_desc.cumsum(dim=-1) - probs_desc
+    keep = above < top_p
+    keep[..., 0] = True
+    return keep
+
+
+def _inverse_cdf(weights: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per row, the first index whose cumulative ``weights`` exceed ``target`` (0 <= target <
+    total, so the index has weight > 0)."""
+    cdf = weights.cumsum(dim=-1)
+    picked = torch.searchsorted(cdf, target.to(cdf).unsqueeze(1), right=True)
+    return picked.clamp(max=weights.shape[1] - 1).squeeze(1)
+
+
+class CandidateSampler(LogitsProcessor):
+    """Temperature, top-k and top-p, then one seeded draw per row, over the top candidates.
+
+    Exact, without a sort of the whole vocabulary at every step:
+
+    - the ``candidates`` most likely tokens are taken with ``topk`` and their probabilities
+      computed under the full-vocabulary softmax (one logsumexp per row);
+    - top-p keeps transformers' set (:func:`nucleus_mask`) whenever the candidates hold at
+      least top_p of the mass: every later token then has >= top_p above it and is removed.
+      A row whose nucleus is wider (a flat distribution) falls back to the full sort, alone;
+    - top_p 1 draws by inverse CDF with the candidates first and the rest of the vocabulary
+      after them; a draw past the candidates' mass computes that row's tail only;
+    - top-k keeps exactly the top_k tokens, and top-p then sees their renormalized mass, as
+      in transformers' order (temperature, top-k, top-p).
+
+    Row i draws one uniform number per step from its own ``torch.Generator`` seeded with
+    ``seeds[i]``, so its tokens depend on its prompt and seed, not on its batch. Used as a
+    LogitsProcessor it returns 0 for the drawn token and -inf elsewhere (run it last, then
+    take the argmax); decode loops call :meth:`draw`.
     """
 
-    def __init__(self, seeds: Iterable[int]) -> None:
+    def __init__(
+        self,
+        seeds: Iterable[int],
+        *,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        candidates: int = DEFAULT_CANDIDATES,
+    ) -> None:
         self.seeds = [int(s) for s in seeds]
-        self._generators: list[torch.Generator] | None = None
+        self.temperature = float(temperature)
+        self.top_k = int(top_k)
+        self.top_p = float(top_p)
+        self.candidates = int(candidates)
+        self._generators = [torch.Generator().manual_seed(s) for s in self.seeds]
+        self.fallback_rows = 0
+        """Rows (over all steps) whose draw needed more than the candidates."""
+
+    @classmethod
+    def for_params(cls, params: SamplingParams, seeds: Iterable[int]) -> CandidateSampler:
+        return cls(seeds, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p)
+
+    def keep_rows(self, rows: Sequence[int]) -> None:
+        """Keep only these rows' streams (a decode loop dropped the others from its batch)."""
+        self._generators = [self._generators[i] for i in rows]
+        self.seeds = [self.seeds[i] for i in rows]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if scores.shape[0] != len(self.seeds):
+        chosen = self.draw(scores)
+        out = torch.full_like(scores, float("-inf"))
+        out.scatter_(1, chosen[:, None].to(out.device), 0.0)
+        return out
+
+    def draw(self, scores: torch.Tensor) -> torch.Tensor:
+        """One token id per row, drawn from the filtered distribution of ``scores``."""
+        if scores.shape[0] != len(self._generators):
             raise ValueError(f"got {scores.shape[0]} rows of scores for {len(self.seeds)} seeds")
-        if self._generators is None:
-            self._generators = [torch.Generator().manual_seed(s) for s in self.seeds]
         uniform = torch.cat(
             [torch.rand(1, generator=g, dtype=torch.float64) for g in self._generators]
         )
-        cdf = scores.double().softmax(dim=-1).cumsum(dim=-1)
-        # side 'right': the first token whose cumulative mass exceeds u * total, which always
-        # has positive probability (u = 0 cannot land on a leading zero-probability token).
-        target = (uniform.to(cdf.device) * cdf[:, -1]).unsqueeze(1)
-        picked = torch.searchsorted(cdf, target, right=True).clamp(max=scores.shape[1] - 1)
-        out = torch.full_like(scores, float("-inf"))
-        out.scatter_(1, picked, 0.0)
-        return out
+        logits = scores.float().cpu()
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
+        vocab = logits.shape[-1]
+        limit_k = 0 < self.top_k < vocab
+        k = self.top_k if limit_k else min(self.candidates, vocab)
+        values, indices = logits.topk(k, dim=-1)  # descending
+        values = values.double()
+        if limit_k:  # top-k first: the softmax over the k kept tokens
+            lse = values.logsumexp(-1, keepdim=True)
+        else:
+            lse = logits.logsumexp(-1, keepdim=True).double()
+        probs = (values - lse).exp()
+        mass = probs.sum(-1)
+        if self.top_p < 1.0:
+            weights = torch.where(nucleus_mask(probs, self.top_p), probs, 0.0)
+            inside = mass >= self.top_p if not limit_k else torch.ones_like(mass, dtype=torch.bool)
+            target = uniform * weights.sum(-1)
+        else:
+            weights = probs
+            target = uniform * (mass if limit_k else 1.0)
+            inside = target < mass if not limit_k else torch.ones_like(mass, dtype=torch.bool)
+        chosen = indices.gather(1, _inverse_cdf(weights, target)[:, None]).squeeze(1)
+        if not bool(inside.all()):
+            rows = (~inside).nonzero().flatten()
+            self.fallback_rows += int(rows.numel())
+            if self.top_p < 1.0:
+                chosen[rows] = self._full_nucleus(logits[rows], uniform[rows])
+            else:
+                chosen[rows] = self._tail(
+                    logits[rows], lse[rows], indices[rows], uniform[rows], mass[rows]
+                )
+        return chosen.to(scores.device)
+
+    def _full_nucleus(self, logits: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+        values, indices = logits.sort(dim=-1, descending=True)
+        probs = values.double().softmax(dim=-1)
+        weights = torch.where(nucleus_mask(probs, self.top_p), probs, 0.0)
+        return indices.gather(1, _inverse_cdf(weights, uniform * weights.sum(-1))[:, None]).squeeze(
+            1
+        )
+
+    @staticmethod
+    def _tail(
+        logits: torch.Tensor,
+        lse: torch.Tensor,
+        candidates: torch.Tensor,
+        uniform: torch.Tensor,
+        mass: torch.Tensor,
+    ) -> torch.Tensor:
+        """The draw past the candidates: within the other tokens, at the same relative place
+        (u - mass) / (1 - mass) of their own cumulative mass."""
+        probs = (logits.double() - lse).exp()
+        probs.scatter_(1, candidates, 0.0)
+        tail = probs.sum(-1)
+        share = ((uniform - mass) / (1.0 - mass)).clamp(0.0, 1.0 - 1e-12)
+        return _inverse_cdf(probs, share * tail)
 
 
 def row_seeds(seed: int, n: int) -> list[int]:
@@ -150,13 +248,3 @@ def row_seeds(seed: int, n: int) -> list[int]:
         if n
         else []
     )
-
-
-@contextlib.contextmanager
-def seeded(seed: int, device: str) -> Iterator[None]:
-    """Seed torch's RNG for one call without disturbing the caller's RNG state."""
-    # manual_seed seeds every GPU, so fork them all (a device_map may spread the model).
-    devices = list(range(torch.cuda.device_count())) if device.startswith("cuda") else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield

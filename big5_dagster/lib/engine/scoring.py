@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformers import DynamicCache, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from big5_dagster.lib.engine.chat import render_chat
 from big5_dagster.lib.engine.generation import batches_by_length
+from big5_dagster.lib.engine.kv_decode import PrefixCache, common_prefix_length
 from big5_dagster.lib.engine.loading import LoadedModel
 from big5_dagster.lib.engine.types import Conversation, ProgressCallback
 
@@ -90,19 +90,6 @@ def left_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tenso
     return ids, mask
 
 
-def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
-    """Length of the longest token prefix shared by all sequences."""
-    if not sequences:
-        return 0
-    shortest = min(len(s) for s in sequences)
-    first = sequences[0]
-    for n in range(shortest):
-        token = first[n]
-        if any(s[n] != token for s in sequences):
-            return n
-    return shortest
-
-
 @torch.inference_mode()
 def score_options(
     loaded: LoadedModel,
@@ -138,21 +125,18 @@ def score_options(
     prefix_len = common_prefix_length(prompt_ids) if use_prefix_cache else 0
     prefix_len = min(prefix_len, min(len(ids) for ids in prompt_ids) - 1)
     device = loaded.device
-    prefix_cache = None
-    if prefix_len > 0:
-        prefix_cache = DynamicCache(config=model.config)
-        model(
-            input_ids=torch.tensor([prompt_ids[0][:prefix_len]], device=device),
-            cache=prefix_cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
+    suffixes = [ids[prefix_len:] for ids in prompt_ids]
+    # Room for the longest suffix: each batch's forward writes into its copy in place.
+    prefix_cache = (
+        PrefixCache(model, prompt_ids[0][:prefix_len], reserve=max(len(s) for s in suffixes))
+        if prefix_len > 0
+        else None
+    )
 
     option_index = torch.tensor(option_ids, device=device)
     logprobs = np.zeros((len(texts), len(option_ids)), dtype=np.float64)
     argmax_ids = np.zeros(len(texts), dtype=np.int64)
     argmax_lp = np.zeros(len(texts), dtype=np.float64)
-    suffixes = [ids[prefix_len:] for ids in prompt_ids]
     done = 0
     for batch in batches_by_length([len(s) for s in suffixes], batch_size):
         input_ids, suffix_mask = left_padded([suffixes[i] for i in batch], tokenizer.pad_token_id)
@@ -162,10 +146,7 @@ def score_options(
         attention_mask = torch.cat(
             [torch.ones((len(batch), prefix_len), dtype=torch.long), suffix_mask], dim=1
         )
-        cache = None
-        if prefix_cache is not None:
-            cache = copy.deepcopy(prefix_cache)  # the forward appends to the cache in place
-            cache.batch_repeat_interleave(len(batch))
+        cache = prefix_cache.expanded(len(batch)) if prefix_cache is not None else None
         out = model(
             input_ids=input_ids.to(device),
             attention_mask=attention_mask.to(device),

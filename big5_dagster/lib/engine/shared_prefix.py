@@ -3,49 +3,27 @@ prefix is prefilled once, every row samples from its own seeded stream."""
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from transformers import DynamicCache, LogitsProcessorList
 
 from big5_dagster.lib.engine.chat import render_chat
-from big5_dagster.lib.engine.generation import (
-    GenerationResult,
-    batches_by_length,
-    finish_generation,
-)
+from big5_dagster.lib.engine.generation import GenerationResult, generation_result
+from big5_dagster.lib.engine.kv_decode import PrefixCache, common_prefix_length, decode_rows
 from big5_dagster.lib.engine.loading import LoadedModel
 from big5_dagster.lib.engine.sampling import (
-    PerRowSampler,
+    CandidateSampler,
     SamplingParams,
+    repetition_penalties,
     row_seeds,
-    sampling_warpers,
 )
-from big5_dagster.lib.engine.scoring import (
-    OptionScores,
-    common_prefix_length,
-    left_padded,
-    option_token_ids,
-)
+from big5_dagster.lib.engine.scoring import OptionScores, option_token_ids
 from big5_dagster.lib.engine.tokens import eos_token_ids
 from big5_dagster.lib.engine.types import Conversation, ProgressCallback
 
-
-def shared_prefix_cache(loaded: LoadedModel, prefix_ids: Sequence[int]) -> DynamicCache | None:
-    """The KV cache of ``prefix_ids`` (batch 1), or None for an empty prefix."""
-    if not prefix_ids:
-        return None
-    cache = DynamicCache(config=loaded.model.config)
-    loaded.model(
-        input_ids=torch.tensor([list(prefix_ids)], device=loaded.device),
-        cache=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    return cache
+TextStop = Callable[[str], bool]
+"""Given a reply's text so far, whether it is decided (generation may stop there)."""
 
 
 @torch.inference_mode()
@@ -58,32 +36,35 @@ def generate_with_shared_prefix(
     progress: ProgressCallback | None = None,
     seeds: Sequence[int] | None = None,
     use_prefix_cache: bool = True,
+    stop: TextStop | None = None,
 ) -> list[GenerationResult]:
     """Reply to many prompts that share a long prefix, prefilling that prefix only once.
 
     A prompt is a conversation (rendered with the chat template and the assistant header) or
     an already rendered prompt string (used verbatim). The KV cache of the prompts' longest
-    common token prefix is computed once; each batch gets a copy of it (generate() appends
-    to the cache in place) and only prefills its rows' own suffixes. Batches group prompts of
-    similar suffix length (equal lengths need no padding at all); shorter suffixes are padded
-    *between* the prefix and the suffix, masked out, and generate() derives every real
-    token's position from the attention mask (cumsum - 1), so each row sees exactly the
-    positions of its unpadded prompt. With ``do_sample=False`` the tokens equal
-    ``generate_chat``'s greedy tokens (up to float rounding in near-ties).
+    common token prefix is computed once; each batch gets a copy of it and only prefills its
+    rows' own suffixes (``kv_decode``). Identical prompts (the same item in every run) are
+    put side by side, so a batch prefills each once. Shorter suffixes are padded *between*
+    the prefix and the suffix, masked out, and every real token gets the position it has in
+    its unpadded prompt. With ``do_sample=False`` the tokens equal ``generate_chat``'s greedy
+    tokens (up to float rounding in near-ties).
 
     Sampling (``params.do_sample``) is reproducible per row: prompt i is sampled with its own
-    random stream seeded by ``seeds[i]`` (inverse-CDF sampling of the processed scores, see
-    ``PerRowSampler``), so its reply does not depend on the batch size, on the other
-    prompts in the call, or on which prompts a cache already answered. ``seeds`` None derives
-    one seed per prompt from ``params.seed`` and the prompt's index (``row_seeds``). The
-    distribution equals generate()'s multinomial sampling with the same temperature, top-k,
-    top-p and repetition penalty; the draws differ, so sampled texts are not those of
-    ``generate_chat`` with the same seed. The global torch RNG is not used.
+    random stream seeded by ``seeds[i]`` (``sampling.CandidateSampler``), so its reply does
+    not depend on the batch size, on the other prompts in the call, or on which prompts a
+    cache already answered. ``seeds`` None derives one seed per prompt from ``params.seed``
+    and the prompt's index (``row_seeds``). The distribution is that of transformers'
+    temperature, top-k, top-p and repetition penalty; the global torch RNG is not used.
+
+    ``stop(text)``: a reply ends as soon as this says its text is decided (e.g. an answer's
+    number is complete), besides at the end-of-turn token and the cap; its finish reason is
+    then 'stop'. With the same seed, a stopped reply is a prefix of the reply generation
+    without the rule would give (the row's draws do not depend on when it ends).
     """
     if not prompts:
         return []
     results, _ = _generate_shared(
-        loaded, prompts, params, None, batch_size, progress, seeds, use_prefix_cache
+        loaded, prompts, params, None, batch_size, progress, seeds, use_prefix_cache, stop
     )
     return results
 
@@ -98,6 +79,7 @@ def generate_and_score_with_shared_prefix(
     batch_size: int = 16,
     progress: ProgressCallback | None = None,
     seeds: Sequence[int] | None = None,
+    stop: TextStop | None = None,
 ) -> tuple[list[GenerationResult], OptionScores]:
     """``generate_with_shared_prefix`` that also returns ``score_options``'s option scores.
 
@@ -108,7 +90,7 @@ def generate_and_score_with_shared_prefix(
     answers). Equal to ``score_options`` up to float rounding.
     """
     results, scores = _generate_shared(
-        loaded, prompts, params, options, batch_size, progress, seeds, True
+        loaded, prompts, params, options, batch_size, progress, seeds, True, stop
     )
     if scores is None:  # unreachable: options were given
         raise RuntimeError("option scores missing")
@@ -124,6 +106,7 @@ def _generate_shared(
     progress: ProgressCallback | None,
     seeds: Sequence[int] | None,
     use_prefix_cache: bool,
+    stop: TextStop | None,
 ) -> tuple[list[GenerationResult], OptionScores | None]:
     tokenizer, model = loaded.tokenizer, loaded.model
     texts = [
@@ -132,6 +115,8 @@ def _generate_shared(
     ]
     if not texts:
         raise ValueError("generation needs at least one prompt")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if seeds is None:
         seeds = row_seeds(params.seed, len(texts))
     seeds = [int(s) for s in seeds]
@@ -144,62 +129,65 @@ def _generate_shared(
     option_ids = (
         option_token_ids(tokenizer, texts, prompt_ids, options) if options is not None else None
     )
-    # Every prompt keeps at least one token of its own: generate() needs an uncached input.
+    # Every prompt keeps at least one token of its own: its last position gives the logits.
     prefix_len = common_prefix_length(prompt_ids) if use_prefix_cache else 0
     prefix_len = min(prefix_len, min(len(ids) for ids in prompt_ids) - 1)
-    prefix_cache = shared_prefix_cache(loaded, prompt_ids[0][:prefix_len])
-
+    suffixes = [tuple(ids[prefix_len:]) for ids in prompt_ids]
+    prefix = (
+        PrefixCache(
+            model,
+            prompt_ids[0][:prefix_len],
+            reserve=max(len(s) for s in suffixes) + params.max_new_tokens + 1,
+        )
+        if prefix_len > 0
+        else None
+    )
     eos_ids = eos_token_ids(model, tokenizer)
-    greedy = dataclasses.replace(params, do_sample=False)
-    gen_config = greedy.generation_config(eos_ids, tokenizer.pad_token_id)
-    gen_config.return_dict_in_generate = True
-    gen_config.output_logits = option_ids is not None  # raw logits; step 0 follows the prompt
-    suffixes = [ids[prefix_len:] for ids in prompt_ids]
-    prefix = torch.tensor(prompt_ids[0][:prefix_len], dtype=torch.long)
+    processors = list(repetition_penalties(params))
+    stop_tokens = None
+    if stop is not None:
+
+        def stop_tokens(tokens: list[int]) -> bool:
+            return stop(tokenizer.decode(tokens, skip_special_tokens=True))
+
     results: list[GenerationResult | None] = [None] * len(texts)
     n_options = len(option_ids) if option_ids is not None else 0
     logprobs = np.zeros((len(texts), n_options), dtype=np.float64)
     argmax_ids = np.zeros(len(texts), dtype=np.int64)
     argmax_lp = np.zeros(len(texts), dtype=np.float64)
+    # Batches of similar suffix length, identical prompts side by side (prefilled once).
+    order = sorted(range(len(texts)), key=lambda i: (len(suffixes[i]), suffixes[i], i))
     done = 0
-    for batch in batches_by_length([len(s) for s in suffixes], batch_size):
-        suffix_ids, suffix_mask = left_padded([suffixes[i] for i in batch], tokenizer.pad_token_id)
-        # generate() takes the whole prompt and prefills only what the cache does not hold.
-        input_ids = torch.cat([prefix.expand(len(batch), prefix_len), suffix_ids], dim=1)
-        attention_mask = torch.cat(
-            [torch.ones((len(batch), prefix_len), dtype=torch.long), suffix_mask], dim=1
-        )
-        cache = None
-        if prefix_cache is not None:
-            cache = copy.deepcopy(prefix_cache)
-            cache.batch_repeat_interleave(len(batch))
-        # Sampling: generate() decodes greedily over the warped scores, and the per-row
-        # sampler (last) picks each row's token from its own seeded stream.
-        processors = (
-            [*sampling_warpers(params), PerRowSampler([seeds[i] for i in batch])]
-            if params.do_sample
-            else []
-        )
-        output = model.generate(
-            input_ids=input_ids.to(loaded.device),
-            attention_mask=attention_mask.to(loaded.device),
-            cache=cache,
-            generation_config=gen_config,
-            logits_processor=LogitsProcessorList(processors),
-        )
-        new_tokens = output.sequences[:, input_ids.shape[1] :].cpu().tolist()
-        for row, index in enumerate(batch):
-            results[index] = finish_generation(tokenizer, new_tokens[row], eos_ids)
-        if option_ids is not None:
-            # output.logits holds the raw (unprocessed) logits of every step; step 0 follows
-            # the prompt.
-            first = output.logits[0].float().log_softmax(dim=-1)
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+
+        def read_first_step(logits: torch.Tensor, batch: list[int] = batch) -> None:
+            # The raw logits right after each prompt: what score_options computes.
+            first = logits.float().log_softmax(dim=-1)
             top_lp, top_id = first.max(dim=-1)
-            chosen = first[:, option_ids].double().cpu().numpy()
+            chosen = first[:, list(option_ids or [])].double().cpu().numpy()
             for row, index in enumerate(batch):
                 logprobs[index] = chosen[row]
                 argmax_ids[index] = int(top_id[row])
                 argmax_lp[index] = float(top_lp[row])
+
+        decoded = decode_rows(
+            model,
+            [prompt_ids[i] for i in batch],
+            max_new_tokens=params.max_new_tokens,
+            eos_ids=eos_ids,
+            pad_token_id=tokenizer.pad_token_id,
+            sampler=CandidateSampler.for_params(params, [seeds[i] for i in batch])
+            if params.do_sample
+            else None,
+            processors=processors,
+            stop=stop_tokens,
+            on_prefill=read_first_step if option_ids is not None else None,
+            prefix=prefix,
+            share_prefix=False,
+        )
+        for row, index in enumerate(batch):
+            results[index] = generation_result(tokenizer, decoded[row])
         done += len(batch)
         if progress is not None:
             progress(done, len(texts))

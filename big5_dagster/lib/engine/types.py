@@ -8,6 +8,10 @@ from typing import Literal
 Dtype = Literal["float32", "bfloat16", "float16"]
 
 
+DtypeSetting = Literal["float32", "bfloat16", "float16", "auto"]
+"""'auto': the dtype the hardware runs natively and fast (``engine.hardware.auto_dtype``)."""
+
+
 Device = Literal["auto", "cpu", "cuda"]
 
 

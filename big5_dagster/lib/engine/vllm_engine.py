@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ import numpy as np
 
 from big5_dagster.lib.engine.chat import render_chat
 from big5_dagster.lib.engine.embedded import ensure_embedded_model
-from big5_dagster.lib.engine.generation import GenerationResult
+from big5_dagster.lib.engine.generation import GenerationResult, cut_at_stop
 from big5_dagster.lib.engine.loading import (
     fingerprint_of,
     folder_fingerprint_parts,
@@ -158,7 +158,10 @@ class VllmModel:
         *,
         batch_size: int = 8,  # vLLM schedules its own batches
         seeds: Sequence[int] | None = None,
+        stop: Callable[[str], bool] | None = None,
     ) -> list[GenerationResult]:
+        """vLLM generates each reply to its end; with ``stop`` the reply is then cut where the
+        transformers engine would have stopped it (the same text and finish reason)."""
         from vllm import SamplingParams as VllmSampling
 
         _, prompt_ids = self._prompt_ids(conversations)
@@ -191,6 +194,8 @@ class VllmModel:
                     token_ids=tokens,
                 )
             )
+        if stop is not None:
+            results = [cut_at_stop(self.tokenizer, r, stop) for r in results]
         return results
 
     def score_options(
@@ -237,9 +242,10 @@ class VllmModel:
         *,
         batch_size: int = 8,
         seeds: Sequence[int] | None = None,
+        stop: Callable[[str], bool] | None = None,
     ) -> tuple[list[GenerationResult], OptionScores]:
         results = self.generate_with_shared_prefix(
-            conversations, params, batch_size=batch_size, seeds=seeds
+            conversations, params, batch_size=batch_size, seeds=seeds, stop=stop
         )
         return results, self.score_options(conversations, options, batch_size=batch_size)
 

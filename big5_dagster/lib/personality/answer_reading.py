@@ -62,6 +62,31 @@ def first_integer(text: str | None) -> tuple[int | None, str]:
     return value, "ok"
 
 
+def answer_decided(text: str) -> bool:
+    """Whether no continuation of ``text`` can change what ``first_integer`` (and so
+    ``parse_answer``) reads from it: generation may stop here.
+
+    The rule looks at the first run of digits, the character after it and, after a '.', the
+    digits of a fraction (the sign before the run is already written). So the answer is
+    decided once the run is followed by a character other than '.', or by '.' and a
+    non-digit, or by '.' and a run of digits that has ended: '4' may become '45', '4.' may
+    become '4.5', '4.0' may become '4.05'. Before the first digit nothing is decided (a
+    number may still come): such a reply runs to its end-of-turn token or the cap.
+    """
+    match = _DIGITS.search(text)
+    if match is None:
+        return False
+    end = match.end()
+    if end == len(text):
+        return False
+    if text[end] != ".":
+        return True
+    fraction = _DIGITS.match(text, end + 1)
+    if fraction is None:
+        return end + 1 < len(text)
+    return fraction.end() < len(text)
+
+
 def parse_answer(text: str | None, inv: Inventory) -> tuple[int | None, str]:
     """Read a generated answer with the first-integer rule; never guesses.
 

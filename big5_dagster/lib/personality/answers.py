@@ -81,6 +81,7 @@ from big5_dagster.lib.personality.answer_reading import (
     DEFAULT_MIN_OPTION_MASS,
     LOW_MASS,
     PARSE_STATUSES,
+    answer_decided,
     logprob_answers,
     option_mass_status,
     parse_answer,
@@ -98,7 +99,11 @@ class GenerationSettings:
     """Decoding of the generate-and-parse scorer (paper: temperature 0.6, 128 new tokens)."""
 
     temperature: float = 0.6
-    max_new_tokens: int = 8
+    max_new_tokens: int = 128
+    stop_when_decided: bool = True
+    """End a reply as soon as ``answer_decided`` says its number is complete: the parsed
+    answer is the one the whole reply would give (same seed, same tokens up to there); only
+    the stored text is shorter, and generation costs what the answer needs."""
     top_p: float = 1.0
     top_k: int = 0
     repetition_penalty: float = 1.0
@@ -125,6 +130,7 @@ class GenerationSettings:
             "top_k": self.top_k,
             "repetition_penalty": self.repetition_penalty,
             "do_sample": self.do_sample,
+            "stop_when_decided": self.stop_when_decided,
         }
 
 
@@ -165,6 +171,7 @@ def scoring_code_hash() -> str:
         score_options,
         logprob_answers,
         parse_answer,
+        answer_decided,
     ).version()
 
 
@@ -505,13 +512,14 @@ def _answer_group(
         conversations = _conversations(condition, inv, to_generate)
         seeds = [int(s) for s in to_generate["call_seed"]]
         params = generation.sampling_params()
+        stop = answer_decided if generation.stop_when_decided else None
         if to_score.empty:
             results = engine.generate_with_shared_prefix(
-                conversations, params, batch_size=batch_size, seeds=seeds
+                conversations, params, batch_size=batch_size, seeds=seeds, stop=stop
             )
         else:
             results, first_step = engine.generate_and_score_with_shared_prefix(
-                conversations, params, options, batch_size=batch_size, seeds=seeds
+                conversations, params, options, batch_size=batch_size, seeds=seeds, stop=stop
             )
             for k, prompt_hash in enumerate(to_generate["messages_hash"]):
                 scores_by_prompt.setdefault(

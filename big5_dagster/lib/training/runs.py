@@ -34,6 +34,7 @@ from big5_dagster.lib.common.hashing import hash_dataframe, hash_dir
 
 # trl 1.16 calls a transformers method deprecated in 5.x on every training step.
 from big5_dagster.lib.common.jsonable import jsonable
+from big5_dagster.lib.common.progress import format_seconds
 from big5_dagster.lib.training.inputs import model_identity, use_bf16
 from big5_dagster.lib.training.specs import (
     LoraSpec,
@@ -214,10 +215,13 @@ class ProgressLines(TrainerCallback):
         self.method = method
         self.lines = lines
         self.every = 1
+        self._started = time.monotonic()
+        self._first_step = 0
 
     def on_train_begin(self, args, state: TrainerState, control: TrainerControl, **kwargs):
         if self.lines:
             self.every = max(1, state.max_steps // self.lines)
+        self._started, self._first_step = time.monotonic(), state.global_step
         self.progress(f"{self.method}: training for {state.max_steps} steps")
 
     def on_log(self, args, state: TrainerState, control: TrainerControl, logs=None, **kwargs):
@@ -234,6 +238,11 @@ class ProgressLines(TrainerCallback):
                 parts.append(f"{key} {logs[key]:.3f}")
         if "learning_rate" in logs:
             parts.append(f"lr {logs['learning_rate']:.2e}")
+        done = state.global_step - self._first_step  # a resumed run counts its own steps
+        if done > 0 and state.global_step < state.max_steps:
+            per_step = (time.monotonic() - self._started) / done
+            left = per_step * (state.max_steps - state.global_step)
+            parts.append(f"about {format_seconds(left)} left")
         self.progress(", ".join(parts))
 
     def on_save(self, args, state: TrainerState, control: TrainerControl, **kwargs):
