@@ -19,15 +19,27 @@ from big5_dagster.defs import (
     dialogues,
     evaluation,
     experts,
+    expressed,
     reasoning,
     report,
+    sweep,
     training,
 )
 from big5_dagster.defs.factory import PROFILE_METADATA
 from big5_dagster.defs.sql_models import build_sql_model_assets
 from big5_dagster.resources import build_resources
 
-STAGES = (corpora, experts, dialogues, training, evaluation, reasoning, report)
+STAGES = (
+    corpora,
+    experts,
+    dialogues,
+    sweep,
+    training,
+    evaluation,
+    expressed,
+    reasoning,
+    report,
+)
 
 
 def is_offline_profile(settings: Settings) -> bool:
