@@ -164,7 +164,9 @@ class ExpertSettings(LoraFields):
     """The expert prompt's system turn: '' an empty one, None the chat template's default
     (SmolLM2 injects "You are a helpful AI assistant named SmolLM..."), or a text. Recorded
     with the experts, so the gate and DExperts prompt them exactly as they were trained."""
-    epochs: float = 1.0
+    epochs: float = 3.0
+    """3 epochs at 2e-3 (18 steps a level) passed the gate for openness and neuroticism
+    (0.88-0.96); 1 epoch at 4e-3 left conscientiousness and neuroticism low at chance (README)."""
     learning_rate: float = 2e-3
     batch_size: int = 8
     gradient_accumulation_steps: int = 1
