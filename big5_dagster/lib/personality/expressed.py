@@ -29,7 +29,8 @@ from scipy.stats import binomtest, bootstrap, spearmanr
 from big5_dagster.lib.common.code_version import code_reach
 from big5_dagster.lib.common.hashing import hash_json
 from big5_dagster.lib.dialogues.cleaning import clean_reply
-from big5_dagster.lib.engine.respondent import Respondent
+from big5_dagster.lib.engine.loading import LoadedModel
+from big5_dagster.lib.engine.respondent import Respondent, respondent_of
 from big5_dagster.lib.engine.sampling import SamplingParams
 from big5_dagster.lib.engine.shared_prefix import generate_with_shared_prefix
 from big5_dagster.lib.personality.administration import messages_hash, system_text
@@ -125,7 +126,7 @@ def plan_replies(
 
 
 def write_replies(
-    respondent: Respondent,
+    respondent: LoadedModel | Respondent,
     conditions: Sequence[Condition],
     plan: pd.DataFrame,
     sampling: SamplingParams,
@@ -143,10 +144,11 @@ def write_replies(
     todo = plan[plan.condition.isin(labels) & ~plan.cache_key.isin(cached_keys)].copy()
     if todo.empty:
         return todo[list(REPLY_COLUMNS)]
+    engine = respondent_of(respondent)  # with_adapter yields a LoadedModel for transformers
     results = {}
     for done, (label, rows) in enumerate(todo.groupby("condition", sort=False)):
         conversations = [reply_messages(labels[label], o) for o in rows._opener]
-        generated = respondent.generate_with_shared_prefix(
+        generated = engine.generate_with_shared_prefix(
             conversations, sampling, batch_size=batch_size, seeds=rows.row_seed.tolist()
         )
         results.update(zip(rows.index, generated, strict=True))
