@@ -73,6 +73,9 @@ class LoraFields(Section):
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0
+    lora_layers: int | None = None
+    """Adapt only the top this many decoder layers (None: all, the paper). A step then skips
+    the backward pass through the frozen lower layers."""
 
 
 def section_from_spec(spec: type, doc: str) -> type[Section]:
@@ -167,22 +170,38 @@ class ExpertSettings(LoraFields):
     paper); per_level: one expert per trait and level, trained on that level's posts only,
     with the same instruction format. On a CPU budget (128 posts per trait) the conditioned
     SmolLM2 expert did not learn to tell the levels apart; per-level experts did."""
+    lora_layers: int | None = 10
+    """LoRA on the top 10 of SmolLM2's 30 layers: measured to steer as well as all layers at
+    about two thirds of the training cost (README, "Experts that can steer")."""
     max_examples: int = 96
     """Training posts per trait (half high, half low), a seeded sample of the train split."""
-    epochs: float = 1.0
+    extreme_share: float = 0.5
+    """Sample the training posts from this share of each level's posts whose authors' |z| is
+    largest (1.0: the whole tertile, the paper). The corpus stays as it is; the experts learn
+    from its clearest examples."""
+    system_prompt: str | None = ""
+    """The expert prompt's system turn: '' an empty one, None the chat template's default
+    (SmolLM2 injects "You are a helpful AI assistant named SmolLM..."), or a text. Recorded
+    with the experts, so the gate and DExperts prompt them exactly as they were trained."""
+    epochs: float = 3.0
+    """3 epochs at 2e-3 (18 steps a level) passed the gate for openness and neuroticism
+    (0.88-0.96); 1 epoch at 4e-3 left conscientiousness and neuroticism low at chance (README)."""
     learning_rate: float = 2e-3
     batch_size: int = 8
     gradient_accumulation_steps: int = 1
-    max_length: int = 128
+    max_length: int = 64
     """Token cutoff of a training example (the paper used 512)."""
     seed: int = 42
-    n_example_completions: int = 3
-    """Held-out prefixes completed at high and low, shown in the asset's metadata."""
-    gate_prefixes: int = 12
-    """Held-out prefixes per level scored by the classifier in the expert quality gate."""
-    gate_min_accuracy: float = 0.6
-    """The gate warns when the on-target accuracy is below this."""
+    gate_prefixes: int = 48
+    """Held-out prefixes per requested level (half from high, half from low authors; each is
+    completed at both levels) scored by the classifier in the expert quality gate."""
+    gate_temperature: float = 0.4
+    """Sampling temperature of the gate's completions (top-p 0.9)."""
     gate_max_new_tokens: int = 24
+    gate_min_accuracy: float = 0.75
+    """A level passes when its on-target accuracy reaches this ..."""
+    gate_max_p_value: float = 0.01
+    """... with a one-sided binomial p-value against chance below this."""
 
 
 ClassifierSettings = section_from_spec(
@@ -215,6 +234,29 @@ class DialogueSettings(Section):
     """Similarity at or above which two personas' replies to a scenario are near-duplicates."""
     chance_margin: float = 0.05
     """dialogue_quality warns when a persona's target accuracy is within this of chance."""
+    quality_min_accuracy: float = 0.75
+    """... and when it does not exceed this with a binomial p-value below the next setting."""
+    quality_max_p_value: float = 0.01
+    filter: Literal["none", "classifier"] = "none"
+    """classifier: SFT, DPO and the demonstrations leave out the replies the trait classifier
+    reads at the opposite level. Counted and reported (dialogue_quality shows the unfiltered
+    figures); the measure then shares the filter's classifier, so check with a second rater."""
+
+
+class SweepSettings(Section):
+    """The DExperts sweep (dexperts_sweep): every persona's replies to a small fixed set of
+    scenarios at each alpha x formula, decoded otherwise with the dialogues' settings."""
+
+    alphas: list[float] = [0.0, 0.5, 1.0, 2.0]
+    """alpha 0 is plain generation (the reference of the drift); the paper swept 0.25 to 4."""
+    formulas: list[str] = ["paper", "dexperts"]
+    n_scenarios: int = 8
+    """The first this many scenarios (by id) of soda_scenarios."""
+
+    @field_validator("formulas")
+    @classmethod
+    def _known_formulas(cls, value: list[str]) -> list[str]:
+        return _subset_of(value, ("paper", "dexperts"))
 
 
 class TrainingSettings(LoraFields):
@@ -303,6 +345,25 @@ class EvaluationSettings(Section):
         return value
 
 
+class ExpressedSettings(Section):
+    """Expressed personality: every method's replies to held-out evaluation scenarios (none
+    seen in training), rated by the trait classifier."""
+
+    source: Literal["synthetic", "hub", "local"] = "synthetic"
+    """synthetic: the scenario generator's next scenarios after the training ones; hub: a
+    split of scenarios.hub_dataset (the paper profile: SODA's test split); local: a file."""
+    n_scenarios: int = 24
+    hub_split: str = "test"
+    local_path: str | None = None
+    max_new_tokens: int = 48
+    temperature: float = 0.7
+    top_p: float = 0.9
+    repetition_penalty: float = 1.1
+    batch_size: int = 24
+    seed: int = 42
+    """Sampling seed: every condition replies to a scenario under the same random numbers."""
+
+
 class ReasoningSettings(Section):
     """Reasoning benchmarks through lm-evaluation-harness (METHOD.md 6, Reasoning)."""
 
@@ -358,8 +419,10 @@ class Settings(BaseModel):
     experts: ExpertSettings = ExpertSettings()
     classifier: ClassifierSettings = ClassifierSettings()
     dialogues: DialogueSettings = DialogueSettings()
+    sweep: SweepSettings = SweepSettings()
     training: TrainingSettings = TrainingSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
+    expressed: ExpressedSettings = ExpressedSettings()
     reasoning: ReasoningSettings = ReasoningSettings()
     automation: AutomationSettings = AutomationSettings()
 

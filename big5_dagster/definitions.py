@@ -19,9 +19,11 @@ from big5_dagster.defs import (
     dialogues,
     evaluation,
     experts,
+    expressed,
     psychobench,
     reasoning,
     report,
+    sweep,
     training,
     warehouse_load,
 )
@@ -29,7 +31,18 @@ from big5_dagster.defs.factory import PROFILE_METADATA, step_retry_policy
 from big5_dagster.defs.sql_models import build_sql_model_assets
 from big5_dagster.resources import build_resources
 
-STAGES = (corpora, experts, dialogues, training, evaluation, psychobench, reasoning, report)
+STAGES = (
+    corpora,
+    experts,
+    dialogues,
+    sweep,
+    training,
+    evaluation,
+    expressed,
+    psychobench,
+    reasoning,
+    report,
+)
 
 
 def is_offline_profile(settings: Settings) -> bool:

@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 
 from big5_dagster.lib.dialogues.schema import FLAG_NAMES
+from big5_dagster.lib.dialogues.sweep import PLAIN, sweep_curve, sweep_summary
+from big5_dagster.lib.personality.self_report import self_report_vs_behaviour
 from big5_dagster.lib.reasoning.analysis import reasoning_by_trait, trait_direction_counts
 from big5_dagster.lib.report.sections import ReportData
 from big5_dagster.lib.traits import PERSONAS, TRAITS
@@ -51,6 +53,7 @@ def dialogue_quality() -> pd.DataFrame:
         {
             "persona": [p.key for p in PERSONAS],
             "n_scored": 40,
+            "target_n_correct": [round(40 * a) for a in accuracy],
             "target_accuracy": accuracy,
             "target_binom_p": p_values,
             "words_mean": 12.0,
@@ -282,8 +285,90 @@ def mtmm_validity() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def expert_gate() -> pd.DataFrame:
+    rows = []
+    for j, trait in enumerate(TRAITS):
+        for level in ("high", "low"):
+            accuracy = 0.9 if j < 3 else 0.6
+            rows.append(
+                {
+                    "trait": trait,
+                    "requested_level": level,
+                    "n": 48,
+                    "on_target_accuracy": accuracy,
+                    "binom_p": 1e-6 if j < 3 else 0.1,
+                    "off_target_accuracy": 0.55,
+                    "corpus_off_target_accuracy": 0.52,
+                    "passed": j < 3,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def dexperts_sweep() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Replies of two personas at alpha 0 (plain) and 1 (paper), through the sweep's own
+    summary and curve."""
+    rows = []
+    for persona in PERSONAS[:2]:
+        for formula, alpha in [(PLAIN, 0.0), ("paper", 1.0)]:
+            for s in range(4):
+                target = 0.5 if formula == PLAIN else (0.9 if persona.level == "high" else 0.1)
+                rows.append(
+                    {
+                        "formula": formula,
+                        "alpha": alpha,
+                        "persona": persona.key,
+                        "trait": persona.trait,
+                        "level": persona.level,
+                        "scenario_id": f"s{s}",
+                        "reply": f"reply number {s} of {formula}",
+                        "finish_reason": "eos",
+                        "perplexity": 10.0 + 5 * alpha,
+                        **{f"p_high_{t}": target if t == persona.trait else 0.4 for t in TRAITS},
+                    }
+                )
+    summary = sweep_summary(pd.DataFrame(rows))
+    return summary, sweep_curve(summary)
+
+
+def expressed_accuracy() -> pd.DataFrame:
+    rows = []
+    for method in METHODS_RUN:
+        for persona in PERSONAS:
+            accuracy = 0.5 if method == "base" else (0.8 if persona.trait == "openness" else 0.55)
+            rows.append(
+                {
+                    "method": method,
+                    "adapter_seed": 1 if method == "sft" else None,
+                    "persona": persona.key,
+                    "n": 20,
+                    "target_accuracy": accuracy,
+                    "binom_p": 0.006 if accuracy == 0.8 else 0.4,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def expressed_separation() -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "method": method,
+                "adapter_seed": 1 if method == "sft" else None,
+                "trait": trait,
+                "difference": 0.3 if trait == "openness" else 0.01,
+                "diff_ci_low": 0.1 if trait == "openness" else -0.1,
+                "diff_ci_high": 0.5 if trait == "openness" else 0.12,
+            }
+            for method in METHODS_RUN[1:]
+            for trait in TRAITS
+        ]
+    )
+
+
 def report_data() -> ReportData:
     matrices, distances = trait_correlations()
+    sweep = dexperts_sweep()
     results = reasoning_results()
     by_trait = reasoning_by_trait(results)
     lineage_rows, lineage_inputs = lineage()
@@ -316,6 +401,14 @@ def report_data() -> ReportData:
             "trait_correlations": matrices,
             "trait_correlation_distance": distances,
             "mtmm_validity": mtmm_validity(),
+            "expert_gate": expert_gate(),
+            "dexperts_sweep": sweep[0],
+            "dexperts_sweep_curve": sweep[1],
+            "expressed_accuracy": expressed_accuracy(),
+            "expressed_separation": expressed_separation(),
+            "self_report_vs_behaviour": self_report_vs_behaviour(
+                inventory_separation(), expressed_separation()
+            ),
             "reasoning_results": results,
             "reasoning_by_trait": by_trait,
             "reasoning_direction_counts": trait_direction_counts(by_trait),

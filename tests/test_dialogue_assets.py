@@ -16,16 +16,17 @@ from big5_dagster.lib.personality.methods import METHODS
 from big5_dagster.lib.traits import PERSONAS, TRAITS
 
 N_SCENARIOS = 6
+EXPRESSED = {"n_scenarios": 3, "max_new_tokens": 4, "batch_size": 4}
 SMALL = {
     "psychgenerator_posts": {"n_posts": 600},
     "soda_scenarios": {"n_scenarios": N_SCENARIOS},
     "trait_experts": {
         "max_examples": 16,
         "max_length": 48,
-        "n_example_completions": 1,
-        "gate_prefixes": 2,
+        "gate_prefixes": 4,
         "gate_max_new_tokens": 4,
     },
+    "dexperts_sweep": {"alphas": [0.0, 1.0], "n_scenarios": 2},
     "scenario_openers": {"opener_max_new_tokens": 6, "batch_size": 4},
     "big5_chat_replies": {"max_new_tokens": 5, "batch_size": 2},
     "sft_adapter": {"max_length": 96, "seeds": [1, 2], "save_steps": 2},
@@ -40,6 +41,8 @@ SMALL = {
         "min_option_mass": 0.0,
     },
     "trait_correlations": {"bootstrap_samples": 20},
+    "evaluation_scenarios": EXPRESSED,
+    "expressed_personality": EXPRESSED,
     "reasoning_tasks": {"n_social": 2, "n_commonsense": 2, "n_arithmetic": 2, "n_shots": 1},
     "reasoning_results": {"max_gen_toks": 4, "limit": 2, "n_demonstrations": 2},
 }
@@ -57,7 +60,13 @@ def built(tmp_path_factory, tiny_backend):
     """Corpora, classifier, experts and openers, materialized once for this module."""
     root = tmp_path_factory.mktemp("dialogue_data")
     home = tmp_path_factory.mktemp("dialogue_home")
-    defs = build_definitions(load_settings(), root, resources={"model": tiny_backend})
+    settings = load_settings()
+    # expressed_personality reads the demonstrations count from the evaluation settings (no
+    # launchpad override reaches it): 6 scenarios leave fewer than the default 10 per persona.
+    settings = settings.model_copy(
+        update={"evaluation": settings.evaluation.model_copy(update={"n_demonstrations": 2})}
+    )
+    defs = build_definitions(settings, root, resources={"model": tiny_backend})
     instance = dg.DagsterInstance.ephemeral(tempdir=str(home))
     assets = list(defs.assets) + list(defs.asset_checks)
 
@@ -87,12 +96,39 @@ def test_experts_are_trained_per_trait_with_a_quality_gate(built):
     for trait in TRAITS:
         record = json.loads((root / "trait_experts" / trait / "expert.json").read_text())
         assert record["experts"] == {"high": "expert-high", "low": "expert-low"}
+        assert record["system_prompt"] == ""  # recorded: every use prompts them alike
         for folder in set(record["experts"].values()):
             assert (root / "trait_experts" / trait / folder / "adapter_config.json").exists()
         evaluation = built["gate"][trait]
         assert evaluation.check_name == "expert_quality_gate"
-        assert "on_target_accuracy" in evaluation.metadata
+        assert {"on_target_accuracy_high", "on_target_accuracy_low"} <= set(evaluation.metadata)
         assert evaluation.severity == dg.AssetCheckSeverity.WARN
+    with duckdb.connect(str(paths.warehouse_path(root)), read_only=True) as con:
+        gate = con.execute("SELECT * FROM expert_gate").df()
+        completions = con.execute("SELECT count(*) FROM expert_gate_completions").fetchone()[0]
+    assert len(gate) == 2 * len(TRAITS) and set(gate.requested_level) == {"high", "low"}
+    assert (gate.n == 4).all() and completions == 2 * 4 * len(TRAITS)
+
+
+def test_dexperts_sweep_runs_alpha_by_formula_with_fluency(built):
+    result = built["materialize"](["dexperts_sweep"])
+    root = built["root"]
+    with duckdb.connect(str(paths.warehouse_path(root)), read_only=True) as con:
+        summary = con.execute("SELECT * FROM dexperts_sweep").df()
+        replies = con.execute("SELECT * FROM dexperts_sweep_replies").df()
+    # alpha 0 once (plain), then each formula at alpha 1, for all 10 personas
+    assert sorted(set(zip(summary.formula, summary.alpha, strict=True))) == [
+        ("dexperts", 1.0),
+        ("none", 0.0),
+        ("paper", 1.0),
+    ]
+    assert len(summary) == 3 * len(PERSONAS) and (summary.n == 2).all()
+    assert len(replies) == 3 * len(PERSONAS) * 2
+    scored = replies[replies.reply_tokens > 0]
+    assert (scored.perplexity > 1).all()
+    (materialization,) = result.get_asset_materialization_events()
+    plot = materialization.materialization.metadata["plot"].value
+    assert plot.startswith("![") and "data:image/png;base64," in plot
 
 
 def test_interrupted_persona_partition_resumes_without_duplicates(built, monkeypatch):
@@ -162,8 +198,12 @@ def test_dataset_has_every_reply_and_no_scenario_in_two_splits(with_dataset):
 
     quality = pd.read_parquet(root / "dialogue_quality" / "all" / "dialogue_quality.parquet")
     assert quality.persona.tolist() == [p.key for p in PERSONAS]
-    (check,) = result.get_asset_check_evaluations()
-    assert check.check_name == "target_accuracy_above_chance"
+    assert (quality.train_usable_filtered <= quality.train_usable).all()
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert set(checks) == {"target_accuracy_above_chance", "target_accuracy_reached"}
+    # 6 scenarios a persona cannot reach p < 0.01 (0.5 ** 6 > 0.01): the target check warns.
+    reached = checks["target_accuracy_reached"]
+    assert not reached.passed and reached.severity == dg.AssetCheckSeverity.WARN
 
 
 @pytest.fixture(scope="module")
@@ -221,11 +261,13 @@ def upstream_assets(warehouse: Path, asset: str) -> set[str]:
 def test_every_method_is_evaluated_and_reported_with_lineage(with_adapters):
     materialize, root = with_adapters["materialize"], with_adapters["root"]
     materialize(["personality_inventories", "reasoning_tasks"])
+    materialize(["evaluation_scenarios"])
     for method in METHODS:
-        materialize(["inventory_responses", "reasoning_results"], method)
+        materialize(["inventory_responses", "reasoning_results", "expressed_personality"], method)
     materialize(
         ["inventory_scores", "psychometric_reliability", "trait_correlations", "reasoning_by_trait"]
     )
+    materialize(["self_report_vs_behaviour", "dexperts_sweep"])
     result = materialize(["big5_report"])
     warehouse = paths.warehouse_path(root)
     with duckdb.connect(str(warehouse), read_only=True) as con:
@@ -236,9 +278,28 @@ def test_every_method_is_evaluated_and_reported_with_lineage(with_adapters):
         counts = con.execute(
             "SELECT method, count(DISTINCT persona) FROM inventory_answers GROUP BY method"
         ).fetchall()
+        expressed = con.execute(
+            "SELECT method, count(DISTINCT persona), count(*) FROM expressed_replies GROUP BY 1"
+        ).fetchall()
+        evaluation = con.execute("SELECT scenario_id FROM evaluation_scenarios").fetchall()
+        training = con.execute("SELECT scenario_id FROM soda_scenarios").fetchall()
+        accuracy = con.execute("SELECT * FROM expressed_accuracy").df()
+        verdicts = con.execute("SELECT * FROM self_report_vs_behaviour").df()
     assert {m for (m,) in scored} == set(METHODS) == {m for (m,) in reasoned}
     # every method but base answers as each of the 10 personas
     assert dict(counts) == {m: (1 if m == "base" else 10) for m in METHODS}
+    # ... and writes replies to held-out scenarios under each (sft: two adapter seeds)
+    n_eval = EXPRESSED["n_scenarios"]
+    per_method = {m: (p, n) for m, p, n in expressed}
+    assert per_method["base"] == (1, n_eval) and per_method["prompt_description"] == (
+        10,
+        10 * n_eval,
+    )
+    assert per_method["sft"] == (10, 2 * 10 * n_eval)
+    assert len(evaluation) == n_eval and not set(evaluation) & set(training)
+    # base is read against every persona; each method reports all 10
+    assert accuracy.groupby(["method", "adapter_seed"], dropna=False).size().eq(10).all()
+    assert set(verdicts.method) == {"prompt_description", "prompt_demonstrations", "sft", "dpo"}
 
     # the numbers trace back through the adapters and the dataset to the corpora
     upstream = upstream_assets(warehouse, "inventory_scores")
@@ -249,9 +310,13 @@ def test_every_method_is_evaluated_and_reported_with_lineage(with_adapters):
     (materialization,) = result.get_asset_materialization_events()
     metadata = materialization.materialization.metadata
     assert metadata["sections_missing"].value == 0
+    assert "expert gate: experts" in metadata["signal_ledger"].value
     page = (root / "big5_report" / "all" / "report.html").read_text()
     assert page.count('src="data:image/png;base64,') >= 10
     assert 'src="http' not in page and "<link" not in page  # self-contained
-    for section in ("overview", "dataset", "inventory_scores", "correlations", "reasoning"):
+    sections = ["signal_ledger", "overview", "dataset", "dexperts_sweep", "expressed"]
+    sections += ["self_report", "inventory_scores", "correlations", "reasoning"]
+    for section in sections:
         assert f'id="{section}"' in page
+    assert page.index('id="signal_ledger"') < page.index('id="overview"')  # the ledger opens
     assert "incomplete" not in page

@@ -16,7 +16,6 @@ from big5_dagster.lib.engine.loading import load_model
 from big5_dagster.lib.engine.sampling import SamplingParams
 from big5_dagster.lib.experts.examples import (
     complete_prefixes,
-    example_completions,
     expert_examples,
     expert_prompt,
     heldout_prefixes,
@@ -73,6 +72,27 @@ def test_expert_examples_are_balanced_prefix_prompts_with_the_rest_as_completion
         assert prefix + row.completion == post["text"].strip()
 
 
+def test_expert_examples_take_the_most_extreme_share_with_the_system_prompt(
+    posts: pd.DataFrame, tokenizer
+) -> None:
+    examples = expert_examples(
+        posts, TRAIT, tokenizer, max_examples=20, seed=7, extreme_share=0.5, system_prompt=""
+    )
+    train = posts[(posts[f"{TRAIT}_split"] == "train") & posts[f"{TRAIT}_level"].notna()]
+    by_id = posts.set_index("post_id")
+    for row in examples.itertuples(index=False):
+        pool = train[train[f"{TRAIT}_level"] == row.level][TRAIT].abs()
+        # every sampled author is in the more extreme half of their level
+        assert abs(by_id.loc[row.post_id, TRAIT]) >= pool.quantile(0.5) - 1e-9
+        assert row.prompt.startswith("<|im_start|>system\n<|im_end|>\n<|im_start|>user\n")
+        assert "SmolLM" not in row.prompt
+    whole = expert_examples(posts, TRAIT, tokenizer, max_examples=20, seed=7)
+    assert "SmolLM" in whole.prompt.iloc[0]  # None: the template's default system turn
+    assert set(whole.post_id) != set(examples.post_id)
+    with pytest.raises(ValueError, match="extreme_share"):
+        expert_examples(posts, TRAIT, tokenizer, 20, 7, extreme_share=0)
+
+
 def test_expert_examples_are_seeded(posts: pd.DataFrame, tokenizer) -> None:
     first = expert_examples(posts, TRAIT, tokenizer, max_examples=20, seed=1)
     again = expert_examples(posts, TRAIT, tokenizer, max_examples=20, seed=1)
@@ -127,21 +147,13 @@ def test_generate_from_text_matches_chat_generation(tiny_loaded) -> None:
 def test_complete_prefixes_continue_the_expert_prompt(tiny_loaded) -> None:
     prefixes = ["I went to the park", "My boss said that I"]
     params = SamplingParams(max_new_tokens=5, do_sample=False, seed=0)
-    results = complete_prefixes(tiny_loaded, TRAIT, prefixes, "high", params)
-    assert len(results) == 2 and all(r.n_new_tokens >= 1 for r in results)
-    prompt = expert_prompt(tiny_loaded.tokenizer, TRAIT, "high")
-    manual = generate_from_text(tiny_loaded, [prompt + p for p in prefixes], params)
-    assert [r.token_ids for r in results] == [r.token_ids for r in manual]
+    for system in (None, ""):
+        results = complete_prefixes(
+            tiny_loaded, TRAIT, prefixes, "high", params, system_prompt=system
+        )
+        assert len(results) == 2 and all(r.n_new_tokens >= 1 for r in results)
+        prompt = expert_prompt(tiny_loaded.tokenizer, TRAIT, "high", system)
+        manual = generate_from_text(tiny_loaded, [prompt + p for p in prefixes], params)
+        assert [r.token_ids for r in results] == [r.token_ids for r in manual]
     with pytest.raises(ValueError, match="level"):
         complete_prefixes(tiny_loaded, TRAIT, prefixes, "medium", params)
-
-
-def test_example_completions_cover_both_target_levels(posts: pd.DataFrame, tiny_loaded) -> None:
-    prefixes = heldout_prefixes(posts, TRAIT, n_per_level=1, seed=0)
-    table = example_completions(
-        tiny_loaded, TRAIT, prefixes, SamplingParams(max_new_tokens=3, seed=1)
-    )
-    assert len(table) == 4
-    assert sorted(table["target_level"]) == ["high", "high", "low", "low"]
-    assert set(table["post_id"]) == set(prefixes["post_id"])
-    assert set(table["true_level"]) == {"high", "low"}

@@ -36,7 +36,9 @@ def built() -> tuple[str, list[sections.Section]]:
 def test_the_report_opens_with_findings_and_ends_with_time_and_lineage(built):
     page, made = built
     ids = section_ids(page)
-    assert ids[0] == sections.LEAD[0](ReportData({})).key == "findings"
+    assert [m(ReportData({})).key for m in sections.LEAD] == ids[:2]
+    assert ids[:2] == ["signal_ledger", "findings"]
+    assert re.search(r'<section id="signal_ledger" class="lead">', page)
     assert re.search(r'<section id="findings" class="lead">', page)
     assert ids[-2:] == ["costs", "lineage"]
     assert [s.key for s in made] == ids and all(s.filled for s in made)
@@ -61,7 +63,7 @@ def test_findings_are_computed_from_the_run_tables(built):
         {"sft_adapter": [{}, {}], "dpo_adapter": [{}, {}]},
         data.run,
     )
-    findings = sections.LEAD[0](changed)
+    findings = sections.LEAD[1](changed)
     text = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", "".join(findings.blocks))).split())
     assert "replies of 10 of 10 personas above chance" in text
     assert "do not carry their trait level" not in text
@@ -70,7 +72,7 @@ def test_findings_are_computed_from_the_run_tables(built):
 
 def test_findings_without_results_say_what_is_missing():
     page, made = build_report(ReportData({}))
-    findings = made[0]
+    findings = made[1]
     assert findings.key == "findings" and not findings.filled
     text = section_text(page, "findings")
     assert "No results to summarize yet" in text

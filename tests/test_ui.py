@@ -204,7 +204,8 @@ def test_an_asset_page_shows_its_plot(services, experts_run, browser, tmp_path):
 
 def test_the_report_opens_with_its_findings_in_the_browser(services, browser, tmp_path):
     """big5_report materialized from this instance, then read the way a person reads it: the
-    first section is the findings (the lead), lineage comes last, every plot decodes."""
+    first section is the signal ledger, the findings come next (the two lead), lineage comes
+    last, every plot decodes."""
     from playwright.sync_api import expect
 
     run_id = services.launch_assets(["big5_report"])
@@ -220,18 +221,23 @@ def test_the_report_opens_with_its_findings_in_the_browser(services, browser, tm
         for n, path in enumerate((report, rich)):
             page.goto(path.as_uri())
             first = page.locator("section").first
-            expect(first).to_have_attribute("id", "findings")
+            expect(first).to_have_attribute("id", "signal_ledger")
             expect(first).to_have_class("lead")
-            heading = first.get_by_role("heading", name="What this run shows")
+            heading = first.get_by_role(
+                "heading", name="Signal ledger: where the trait signal lives"
+            )
             expect(heading).to_be_in_viewport()
+            findings = page.locator("section").nth(1)
+            expect(findings).to_have_attribute("id", "findings")
+            expect(findings).to_have_class("lead")
             expect(page.locator("section").last).to_have_attribute("id", "lineage")
             sizes = page.locator("img").evaluate_all("all => all.map(i => i.naturalWidth)")
             assert all(w > 0 for w in sizes), sizes
             screenshot = tmp_path / f"report{n}.png"
             page.screenshot(path=str(screenshot), full_page=True)
             assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        # the full run's findings are in view at the top of the page
-        expect(first.get_by_text("personas above chance")).to_be_in_viewport()
+        # the full run's findings are computed sentences, right after the ledger
+        expect(findings.get_by_text("personas above chance")).to_be_visible()
         assert len(sizes) >= 15
     finally:
         page.close()

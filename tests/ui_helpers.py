@@ -55,9 +55,8 @@ SMALL_SETTINGS: dict[str, Any] = {
     "experts": {
         "max_examples": 16,
         "max_length": 48,
-        "gate_prefixes": 2,
+        "gate_prefixes": 4,
         "gate_max_new_tokens": 4,
-        "n_example_completions": 1,
     },
     "dialogues": {"opener_max_new_tokens": 6, "max_new_tokens": 5, "batch_size": 2},
 }

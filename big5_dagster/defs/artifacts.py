@@ -118,12 +118,19 @@ def read_answers(warehouse: Warehouse) -> pd.DataFrame:
 
 
 def method_conditions(
-    store: ArtifactStore, method: str, n_demonstrations: int, seed: int
+    store: ArtifactStore,
+    method: str,
+    n_demonstrations: int,
+    seed: int,
+    classifier_filter: bool = False,
 ) -> tuple[list[Condition], dict[int, str]]:
-    """The conditions of one method partition and, for sft/dpo, seed -> adapter folder."""
+    """The conditions of one method partition and, for sft/dpo, seed -> adapter folder.
+    The demonstrations come from the replies the training sets use (``classifier_filter``)."""
     demonstrations, versions, paths = None, None, {}
     if method == "prompt_demonstrations":
-        demonstrations = demonstrations_by_persona(read_dataset(store), n_demonstrations, seed)
+        demonstrations = demonstrations_by_persona(
+            read_dataset(store), n_demonstrations, seed, classifier_filter
+        )
     if method in ADAPTER_METHODS:
         trained = read_adapter_set(store, f"{method}_adapter")
         versions, paths = trained.versions, trained.paths

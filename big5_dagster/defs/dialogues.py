@@ -29,6 +29,8 @@ QUALITY_COLUMNS = [
     "n_scored",
     "target_accuracy",
     "target_binom_p",
+    "train_usable",
+    "train_usable_filtered",
     "words_mean",
     "refusal_rate",
     "near_duplicate_rate",
@@ -183,6 +185,7 @@ def build(settings: Settings) -> Stage:
                         expert=expert,
                         anti_expert=anti_expert,
                         models=models,
+                        expert_system_prompt=record.system_prompt,
                     )
                 )
                 report(n_done + 1, len(todo))
@@ -220,7 +223,7 @@ def build(settings: Settings) -> Stage:
 
     @versioned_asset(
         settings,
-        deps=["big5_chat_replies", "soda_scenarios", "scenario_openers"],
+        deps=["big5_chat_replies", "soda_scenarios", "scenario_openers", "trait_classifier"],
         group_name="dialogues",
         kinds={"parquet", "duckdb"},
         metadata={"warehouse_tables": ["big5_chat_dataset"]},
@@ -233,7 +236,9 @@ def build(settings: Settings) -> Stage:
     ) -> dg.MaterializeResult:
         """BIG5-CHAT: every reply cleaned and flagged (refusal, empty, near-duplicate across
         personas, truncated; counted, never dropped), split by scenario (no scenario in both
-        train and test), as parquet and JSONL with one record per reply."""
+        train and test), as parquet and JSONL with one record per reply. Each record also
+        carries the trait classifier's reading of its own trait (target_p_high,
+        reads_target), which the optional classifier filter of the training sets uses."""
         tracker = Tracker(context, warehouse, store)
         scenarios = artifacts.read_scenarios(store)
         split_map = dataset.split_by_scenario(
@@ -246,6 +251,12 @@ def build(settings: Settings) -> Stage:
             split_map,
             near_duplicate_threshold=config.near_duplicate_threshold,
         )
+        classifier = artifacts.load_trait_classifier(store)
+        probabilities = classifier.predict_high_probability(records.reply.tolist())
+        probabilities.index = records.index
+        records = records.join(
+            quality.target_readings(records, probabilities, classifier.thresholds())
+        )
         parquet = tracker.save_table(records, artifacts.DATASET, table="big5_chat_dataset")
         jsonl = dataset.write_jsonl(records, parquet.parent / artifacts.DATASET_JSONL)
         counts = dataset.flag_counts(records)
@@ -256,6 +267,7 @@ def build(settings: Settings) -> Stage:
                 refusals=("refusal", "sum"),
                 near_duplicates=("near_duplicate", "sum"),
                 truncated=("truncated", "sum"),
+                reads_target=("reads_target", "sum"),
                 mean_words=("reply", lambda r: r.str.split().str.len().mean()),
             )
             .reset_index()
@@ -281,7 +293,10 @@ def build(settings: Settings) -> Stage:
         group_name="dialogues",
         kinds={"duckdb"},
         metadata={"warehouse_tables": ["dialogue_quality"]},
-        check_specs=[dg.AssetCheckSpec("target_accuracy_above_chance", asset="dialogue_quality")],
+        check_specs=[
+            dg.AssetCheckSpec("target_accuracy_above_chance", asset="dialogue_quality"),
+            dg.AssetCheckSpec("target_accuracy_reached", asset="dialogue_quality"),
+        ],
     )
     def dialogue_quality(
         context: dg.AssetExecutionContext,
@@ -300,8 +315,20 @@ def build(settings: Settings) -> Stage:
         table = quality.dialogue_quality_table(
             records, probabilities, thresholds=trait_model.thresholds()
         )
+        # What the training sets keep, without and with the classifier filter (never silent).
+        by_persona = records.groupby("persona")
+        table["train_usable"] = table.persona.map(
+            by_persona.apply(lambda g: int(dataset.usable(g).sum()))
+        )
+        table["train_usable_filtered"] = table.persona.map(
+            by_persona.apply(lambda g: int(dataset.usable(g, classifier_filter=True).sum()))
+        )
+        table["filter"] = config.filter
         path = tracker.save_table(table, "dialogue_quality.parquet", table="dialogue_quality")
         at_chance = quality.target_accuracy_vs_chance(table, config.chance_margin)
+        short = quality.target_accuracy_vs_chance(
+            table, config.quality_min_accuracy - quality.CHANCE_ACCURACY, config.quality_max_p_value
+        )
         return tracker.result(
             rows=len(table),
             artifacts=[path],
@@ -315,7 +342,9 @@ def build(settings: Settings) -> Stage:
                     )
                 ),
                 "personas_above_chance": len(table) - len(at_chance),
+                "personas_reaching_target": len(table) - len(short),
                 "mean_target_accuracy": float(table.target_accuracy.mean()),
+                "filter": config.filter,
             },
             check_results=[
                 dg.AssetCheckResult(
@@ -333,7 +362,22 @@ def build(settings: Settings) -> Stage:
                             at_chance.round(3).to_markdown(index=False)
                         )
                     },
-                )
+                ),
+                dg.AssetCheckResult(
+                    check_name="target_accuracy_reached",
+                    passed=short.empty,
+                    severity=dg.AssetCheckSeverity.WARN,
+                    description=(
+                        f"every persona reaches accuracy > {config.quality_min_accuracy} with "
+                        f"p < {config.quality_max_p_value}"
+                        if short.empty
+                        else f"{len(short)} of {len(table)} personas fall short: "
+                        + ", ".join(short.persona)
+                    ),
+                    metadata={
+                        "short": dg.MetadataValue.md(short.round(3).to_markdown(index=False))
+                    },
+                ),
             ],
         )
 

@@ -82,7 +82,11 @@ def build(settings: Settings) -> Stage:
         inventories = artifacts.read_inventories(store)
         respondent = model.respondent()
         conditions, adapter_paths = artifacts.method_conditions(
-            store, method, config.n_demonstrations, config.seed
+            store,
+            method,
+            config.n_demonstrations,
+            config.seed,
+            settings.dialogues.filter == "classifier",
         )
         common = dict(
             n_runs=config.n_runs,

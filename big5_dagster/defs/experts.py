@@ -21,8 +21,8 @@ from big5_dagster.resources.artifacts import ArtifactStore
 from big5_dagster.resources.model_backend import ModelBackend
 from big5_dagster.resources.warehouse import Warehouse
 
-# How the held-out prefixes are completed for the reader and for the quality gate.
-COMPLETION_TEMPERATURE, COMPLETION_TOP_P, EXAMPLE_TOKENS = 0.7, 0.9, 40
+# The gate's completions sample from the top-p nucleus at the gate's temperature.
+COMPLETION_TOP_P = 0.9
 
 
 def expert_base(config: ExpertSettings, model: ModelBackend) -> tuple[str, str]:
@@ -107,7 +107,13 @@ def build(settings: Settings) -> Stage:
         posts = artifacts.read_posts(store)
         base_path, base_fingerprint = expert_base(config, model)
         train = examples.expert_examples(
-            posts, trait, load_tokenizer(base_path), config.max_examples, config.seed
+            posts,
+            trait,
+            load_tokenizer(base_path),
+            config.max_examples,
+            config.seed,
+            extreme_share=config.extreme_share,
+            system_prompt=config.system_prompt,
         )
         names = records.expert_names(config.adapters)
         key = hash_json([context.op_config, base_fingerprint, len(train)])
@@ -131,19 +137,8 @@ def build(settings: Settings) -> Stage:
             names=names,
             base_model=base_path,
             base_fingerprint=base_fingerprint,
+            system_prompt=config.system_prompt,
         )
-        # Example completions of held-out prefixes at high and at low, for a reader to compare.
-        prefixes = examples.heldout_prefixes(
-            posts, trait, config.n_example_completions, config.seed
-        )
-        sampling = SamplingParams(
-            max_new_tokens=EXAMPLE_TOKENS,
-            temperature=COMPLETION_TEMPERATURE,
-            top_p=COMPLETION_TOP_P,
-            seed=config.seed,
-        )
-        completions = decoding.expert_completions(model.load(), record, prefixes, sampling)
-        completions["text"] = completions.prefix + completions.completion
         summary = fitting.training_summary(reports)
         return tracker.result(
             data_version=record.data_version,
@@ -164,8 +159,11 @@ def build(settings: Settings) -> Stage:
                 ),
                 "steps": int(summary.steps.sum()),
                 "train_seconds": float(summary.seconds.sum()),
-                "example_completions": dg.MetadataValue.md(
-                    completions[["target_level", "text"]].to_markdown(index=False)
+                "training_posts": dg.MetadataValue.md(
+                    train.assign(text=train.prompt.str.rsplit("\n", n=1).str[-1])
+                    .groupby("level")
+                    .head(2)[["level", "text", "completion"]]
+                    .to_markdown(index=False)
                 ),
             },
         )
@@ -175,8 +173,9 @@ def build(settings: Settings) -> Stage:
         additional_deps=[trait_classifier],
         partitions_def=trait_partitions,
         blocking=False,
-        description="Expert quality gate: the classifier reads the requested level in the "
-        "experts' completions of held-out prefixes (on-target) and not in other traits.",
+        description="Expert quality gate: at EACH requested level the classifier reads that "
+        "level in the experts' completions of held-out prefixes (on-target accuracy >= the "
+        "threshold, one-sided binomial p below the limit); off-target beside the corpus's own.",
     )
     def expert_quality_gate(
         context: dg.AssetCheckExecutionContext,
@@ -187,40 +186,69 @@ def build(settings: Settings) -> Stage:
     ) -> dg.AssetCheckResult:
         trait = context.partition_key
         record = artifacts.read_expert_record(store, trait)
+        posts = artifacts.read_posts(store)
         prefixes = examples.heldout_prefixes(
-            artifacts.read_posts(store), trait, config.gate_prefixes, config.seed
+            posts, trait, max(1, config.gate_prefixes // 2), config.seed
         )
         sampling = SamplingParams(
             max_new_tokens=config.gate_max_new_tokens,
-            temperature=COMPLETION_TEMPERATURE,
+            temperature=config.gate_temperature,
             top_p=COMPLETION_TOP_P,
             seed=config.seed,
         )
         completions = decoding.expert_completions(model.load(), record, prefixes, sampling)
         texts = (completions.prefix + completions.completion).tolist()
-        predicted = artifacts.load_trait_classifier(store).predict_levels(texts)
-        table = quality.gate_table(predicted, completions, trait)
+        classifier = artifacts.load_trait_classifier(store)
+        probabilities = classifier.predict_high_probability(texts)
+        predicted = classifier.predict_levels(texts)
+        table = quality.gate_table(
+            predicted,
+            completions,
+            trait,
+            corpus_predicted=classifier.predict_levels(prefixes.text.tolist()),
+            corpus_levels=prefixes.level,
+        )
+        levels = quality.gate_levels(
+            table, trait, config.gate_min_accuracy, config.gate_max_p_value
+        )
         warehouse.replace_rows("expert_quality", table.assign(trait=trait), where={"trait": trait})
-        on_target = quality.pooled_accuracy(table, on_target=True)
-        off_target = quality.pooled_accuracy(table, on_target=False)
-        passed = on_target >= config.gate_min_accuracy
+        warehouse.replace_rows("expert_gate", levels, where={"trait": trait})
+        warehouse.replace_rows(
+            "expert_gate_completions",
+            completions.assign(trait=trait, text=texts).join(
+                probabilities.add_prefix("p_high_").set_axis(completions.index)
+            ),
+            where={"trait": trait},
+        )
+        passed = bool(levels.passed.all())
+        verdicts = "; ".join(
+            f"{r.requested_level} {r.on_target_accuracy:.2f} (p={r.binom_p:.1g}, off-target "
+            f"{r.off_target_accuracy:.2f} vs corpus {r.corpus_off_target_accuracy:.2f})"
+            for r in levels.itertuples()
+        )
         return dg.AssetCheckResult(
             passed=passed,
             severity=dg.AssetCheckSeverity.WARN,
             description=(
-                f"on-target accuracy {on_target:.2f} "
-                + (">=" if passed else "<")
-                + f" threshold {config.gate_min_accuracy:.2f}; off-target {off_target:.2f} (chance 0.5)"
+                f"on-target accuracy per level: {verdicts}; "
+                + ("every level passes" if passed else "FAILS")
+                + f" (threshold {config.gate_min_accuracy:.2f}, p < {config.gate_max_p_value})"
             ),
             metadata={
-                "on_target_accuracy": on_target,
-                "off_target_accuracy": off_target,
+                "on_target_accuracy_high": float(levels.on_target_accuracy.iloc[0]),
+                "on_target_accuracy_low": float(levels.on_target_accuracy.iloc[1]),
+                "min_on_target_accuracy": float(levels.on_target_accuracy.min()),
+                "max_binom_p": float(levels.binom_p.max()),
+                "off_target_accuracy": float(levels.off_target_accuracy.mean()),
+                "corpus_off_target_accuracy": float(levels.corpus_off_target_accuracy.mean()),
                 "threshold": config.gate_min_accuracy,
                 "n_completions": len(completions),
-                "by_trait_and_level": dg.MetadataValue.md(table.to_markdown(index=False)),
+                "by_level": dg.MetadataValue.md(levels.round(4).to_markdown(index=False)),
+                "by_trait_and_level": dg.MetadataValue.md(table.round(3).to_markdown(index=False)),
                 "examples": dg.MetadataValue.md(
                     completions.assign(text=texts)[["target_level", "text"]]
-                    .head(6)
+                    .groupby("target_level")
+                    .head(3)
                     .to_markdown(index=False)
                 ),
             },

@@ -106,7 +106,11 @@ def build(settings: Settings) -> Stage:
         benchmarks = task_list(store)
         loaded = model.load()
         conditions, adapter_paths = artifacts.method_conditions(
-            store, method, config.n_demonstrations, config.seed
+            store,
+            method,
+            config.n_demonstrations,
+            config.seed,
+            settings.dialogues.filter == "classifier",
         )
         results, samples = [], []
         for seed, group in by_adapter(conditions).items():

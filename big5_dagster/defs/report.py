@@ -10,6 +10,7 @@ from big5_dagster.defs.factory import Stage, versioned_asset
 from big5_dagster.defs.tracking import Tracker
 from big5_dagster.lib.common.files import atomic_file
 from big5_dagster.lib.common.hashing import hash_json
+from big5_dagster.lib.report import ledger
 from big5_dagster.lib.report.page import build_report
 from big5_dagster.lib.report.sections import ReportData
 from big5_dagster.resources.artifacts import ArtifactStore
@@ -21,7 +22,13 @@ REPORT_TABLES = (
     "big5_chat_replies",
     "trait_classifier_evaluation",
     "expert_quality",
+    "expert_gate",
+    "dexperts_sweep",
+    "dexperts_sweep_curve",
     "dialogue_quality",
+    "expressed_accuracy",
+    "expressed_separation",
+    "self_report_vs_behaviour",
     "inventory_scores",
     "inventory_separation",
     "inventory_answers",
@@ -76,6 +83,9 @@ def build(settings: Settings) -> Stage:
             "dialogue_quality",
             "trait_classifier",
             "trait_experts",
+            "dexperts_sweep",
+            "expressed_personality",
+            "self_report_vs_behaviour",
             "sft_adapter",
             "dpo_adapter",
             "inventory_scores",
@@ -104,6 +114,7 @@ def build(settings: Settings) -> Stage:
         latest = folder / REPORT_FILE
         with atomic_file(latest) as tmp:
             shutil.copyfile(run_copy, tmp)
+        signal = ledger.signal_ledger({name: data.table(name) for name in ledger.SOURCES})
         unfilled = [s.title for s in sections if not s.filled]
         if unfilled:
             context.log.warning(f"report sections without data: {', '.join(unfilled)}")
@@ -120,6 +131,12 @@ def build(settings: Settings) -> Stage:
                 "report": dg.MetadataValue.path(str(latest)),
                 "this_run": dg.MetadataValue.path(str(run_copy)),
                 "sections": dg.MetadataValue.md(summary),
+                "signal_ledger": dg.MetadataValue.md(
+                    ledger.ledger_overview(signal).to_markdown(index=False)
+                    if len(signal)
+                    else "no stage has results yet"
+                ),
+                "signal_ledger_rows": dg.MetadataValue.md(signal.round(4).to_markdown(index=False)),
                 "sections_filled": len(sections) - len(unfilled),
                 "sections_missing": len(unfilled),
             },

@@ -18,7 +18,12 @@ from big5_dagster.lib.training.specs import LoraSpec, TrainSpec
 
 
 def lora_spec(config: LoraFields) -> LoraSpec:
-    return LoraSpec(r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout)
+    return LoraSpec(
+        r=config.lora_r,
+        alpha=config.lora_alpha,
+        dropout=config.lora_dropout,
+        top_layers=config.lora_layers,
+    )
 
 
 def expert_train_spec(config: ExpertSettings) -> TrainSpec:

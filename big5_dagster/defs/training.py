@@ -70,6 +70,9 @@ def training_metadata(reports: list[dict], title: str) -> dict:
                 "seconds": round(r["seconds"], 1),
                 "tokens_per_second": round(r["tokens_per_second"], 1),
                 "final_loss": r["final_loss"],
+                "untrained_validation_loss": r["metrics"]
+                .get("validation_before", {})
+                .get("eval_loss"),
                 "validation_loss": r["metrics"].get("validation", {}).get("eval_loss"),
                 "resumed_from": r["resumed_from"],
             }
@@ -115,6 +118,7 @@ def build(settings: Settings) -> Stage:
             model.load().tokenizer,
             config.validation_fraction,
             config.split_seed,
+            classifier_filter=settings.dialogues.filter == "classifier",
         )
         path = tracker.save_table(table, artifacts.SFT_EXAMPLES, table="sft_examples")
         return tracker.result(
@@ -123,6 +127,7 @@ def build(settings: Settings) -> Stage:
             seeds={"split_seed": config.split_seed},
             metadata={
                 "splits": table.split.value_counts().to_dict(),
+                "filter": settings.dialogues.filter,
                 "dropped_flagged": dropped,
                 "example_prompt": dg.MetadataValue.md(f"```\n{table.prompt.iloc[0]}\n```")
                 if len(table)
@@ -152,13 +157,18 @@ def build(settings: Settings) -> Stage:
             model.load().tokenizer,
             config.validation_fraction,
             config.split_seed,
+            classifier_filter=settings.dialogues.filter == "classifier",
         )
         path = tracker.save_table(pairs, artifacts.DPO_PAIRS, table="dpo_preference_pairs")
         return tracker.result(
             rows=len(pairs),
             artifacts=[path],
             seeds={"split_seed": config.split_seed},
-            metadata={"splits": pairs.split.value_counts().to_dict(), "dropped": dropped},
+            metadata={
+                "splits": pairs.split.value_counts().to_dict(),
+                "filter": settings.dialogues.filter,
+                "dropped": dropped,
+            },
         )
 
     @dg.asset_check(

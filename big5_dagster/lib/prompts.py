@@ -89,9 +89,14 @@ def expert_instruction(persona: Persona) -> str:
     return f"complete the sentence with Big Five personality {TRAIT_TITLES[persona.trait]} - {persona.level}"
 
 
-def expert_messages(persona: Persona) -> list[Message]:
-    """The expert's chat prompt; its continuation is written in the assistant turn."""
-    return [{"role": "user", "content": expert_instruction(persona)}]
+def expert_messages(persona: Persona, system_prompt: str | None = None) -> list[Message]:
+    """The expert's chat prompt; its continuation is written in the assistant turn.
+
+    ``system_prompt`` None leaves the system turn to the chat template (SmolLM2's injects
+    "You are a helpful AI assistant named SmolLM..."); a string (even empty) is the system turn.
+    """
+    user = {"role": "user", "content": expert_instruction(persona)}
+    return [user] if system_prompt is None else [{"role": "system", "content": system_prompt}, user]
 
 
 def persona_instruction(persona: Persona) -> str:

@@ -270,3 +270,33 @@ def write_jsonl(df: pd.DataFrame, path: Path) -> Path:
             clean = jsonable(record)
             out.write(json.dumps(clean, ensure_ascii=False, allow_nan=False) + "\n")
     return Path(path)
+
+
+# Flags that make a reply unusable as a training target; truncated replies are kept
+# (the tiny profile's token limit cuts many), and counted in the dataset's metadata.
+EXCLUDING_FLAGS: tuple[str, ...] = ("refusal", "empty", "near_duplicate")
+FILTERED = "off_target"
+"""The count of replies the classifier filter (dialogues.filter = classifier) dropped: the
+trait classifier read the opposite level of the persona's trait (column ``reads_target``)."""
+
+
+def usable(dataset: pd.DataFrame, classifier_filter: bool = False) -> pd.Series:
+    """Rows whose reply can be a training target: no excluding flag and, with the classifier
+    filter, read at the persona's level by the trait classifier (``reads_target``)."""
+    bad = pd.Series(False, index=dataset.index)
+    for flag in EXCLUDING_FLAGS:
+        bad |= dataset[flag].astype(bool)
+    if classifier_filter:
+        if "reads_target" not in dataset.columns:
+            raise ValueError("the classifier filter needs the dataset's reads_target column")
+        bad |= ~dataset["reads_target"].astype(bool)
+    return ~bad
+
+
+def dropped_counts(dataset: pd.DataFrame, classifier_filter: bool) -> dict[str, int]:
+    """How many rows each reason excludes (a row can have several), and the total."""
+    counts = {flag: int(dataset[flag].astype(bool).sum()) for flag in EXCLUDING_FLAGS}
+    if classifier_filter:
+        counts[FILTERED] = int((~dataset["reads_target"].astype(bool)).sum())
+    counts["total"] = int((~usable(dataset, classifier_filter)).sum())
+    return counts

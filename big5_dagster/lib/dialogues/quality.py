@@ -171,3 +171,23 @@ def target_accuracy_vs_chance(
     out = table[["persona", "target_accuracy", "n_scored", "target_binom_p"]].copy()
     out["reason"] = reasons
     return out[out["reason"].notna()].reset_index(drop=True)
+
+
+def target_readings(
+    dataset: pd.DataFrame,
+    predicted_high_probability: pd.DataFrame,
+    thresholds: Mapping[str, float] | None = None,
+) -> pd.DataFrame:
+    """Per dataset row: ``target_p_high`` (the classifier's P(high) of the persona's own trait)
+    and ``reads_target`` (it reads the persona's level: P(high) above the cut for a high
+    persona, at or below it for a low one). The classifier filter keeps the rows that read
+    as their target; the columns are kept for every row, filtered or not."""
+    require_columns(dataset, ("trait", "level"), "dataset")
+    probabilities = _aligned_probabilities(dataset, predicted_high_probability)
+    cut = {t: HIGH_PROBABILITY_CUTOFF for t in TRAITS} if thresholds is None else dict(thresholds)
+    own = np.array(
+        [probabilities.at[i, t] for i, t in zip(dataset.index, dataset["trait"], strict=True)]
+    )
+    high = own > np.array([cut[t] for t in dataset["trait"]])
+    reads = np.where(dataset["level"].to_numpy() == "high", high, ~high)
+    return pd.DataFrame({"target_p_high": own, "reads_target": reads}, index=dataset.index)

@@ -12,8 +12,9 @@ from big5_dagster.lib.common.hashing import hash_json
 from big5_dagster.lib.dialogues.cleaning import clean_reply
 from big5_dagster.lib.dialogues.dataset import generation_json
 from big5_dagster.lib.engine import dexperts
-from big5_dagster.lib.engine.dexperts import DExpertsParams, DExpertsRequest, persona_reply_request
+from big5_dagster.lib.engine.dexperts import DExpertsParams, DExpertsRequest
 from big5_dagster.lib.engine.sampling import SamplingParams
+from big5_dagster.lib.prompts import expert_messages, reply_messages
 from big5_dagster.lib.traits import Persona
 
 
@@ -25,6 +26,26 @@ def batch_seed(seed: int, persona: Persona, batch_index: int) -> int:
 def reply_batches(rows: Sequence[Mapping[str, Any]], batch_size: int) -> list[list[Any]]:
     """Scenario rows in consecutive batches (the unit of sampling seeds and of resuming)."""
     return [list(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]
+
+
+def reply_request(
+    scenario: Mapping[str, str],
+    opener: str,
+    persona: Persona,
+    *,
+    expert_system_prompt: str | None,
+    classic: bool,
+) -> DExpertsRequest:
+    """PersonY's reply in ``scenario`` steered towards ``persona`` (METHOD.md section 4): the
+    base sees the role-play prompt, the expert its instruction with the system turn it was
+    trained with, the anti-expert (classic formula only) the opposite level's instruction."""
+    return DExpertsRequest(
+        base_prompt=reply_messages(scenario, opener, persona),
+        expert_prompt=expert_messages(persona, expert_system_prompt),
+        anti_expert_prompt=(
+            expert_messages(persona.opposite, expert_system_prompt) if classic else None
+        ),
+    )
 
 
 def persona_reply_batch(
@@ -39,6 +60,7 @@ def persona_reply_batch(
     expert: Any,
     anti_expert: Any | None,
     models: Mapping[str, Any],
+    expert_system_prompt: str | None = None,
 ) -> pd.DataFrame:
     """One batch of replies as rows of the replies table (raw and cleaned reply, tokens,
     finish reason and the ``generation`` JSON with formula, sampling, seed and models).
@@ -47,9 +69,16 @@ def persona_reply_batch(
     generation fields (e.g. the expert path) recorded in ``generation``.
     """
     classic = params.formula == "dexperts"
-    requests = [persona_reply_request(row, openers[row["scenario_id"]], persona) for row in batch]
-    if not classic:  # the anti-expert is only used by classic DExperts
-        requests = [DExpertsRequest(r.base_prompt, r.expert_prompt) for r in requests]
+    requests = [
+        reply_request(
+            row,
+            openers[row["scenario_id"]],
+            persona,
+            expert_system_prompt=expert_system_prompt,
+            classic=classic,
+        )
+        for row in batch
+    ]
     results = dexperts.generate_dexperts(
         decoder,
         tokenizer,

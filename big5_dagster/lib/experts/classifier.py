@@ -15,9 +15,16 @@ from big5_dagster.lib.experts.classifier_base import (
 )
 from big5_dagster.lib.experts.classifier_spec import ClassifierError, ClassifierSpec
 from big5_dagster.lib.experts.roberta_classifier import RobertaRegressionClassifier
-from big5_dagster.lib.experts.tfidf_classifier import TfidfLogisticClassifier
+from big5_dagster.lib.experts.tfidf_classifier import (
+    TfidfCharLogisticClassifier,
+    TfidfLogisticClassifier,
+)
 from big5_dagster.lib.training.specs import Progress
 from big5_dagster.lib.traits import TRAITS
+
+TFIDF_CLASSES: dict[str, type[TfidfLogisticClassifier]] = {
+    cls.kind: cls for cls in (TfidfLogisticClassifier, TfidfCharLogisticClassifier)
+}
 
 
 def make_classifier(
@@ -29,8 +36,8 @@ def make_classifier(
 ) -> TraitClassifier:
     """An unfitted classifier of ``spec.kind`` (device, work_dir and the training progress
     lines apply to roberta only: tf-idf fits in about a second)."""
-    if spec.kind == "tfidf_logistic":
-        return TfidfLogisticClassifier(spec)
+    if spec.kind in TFIDF_CLASSES:
+        return TFIDF_CLASSES[spec.kind](spec)
     return RobertaRegressionClassifier(spec, device=device, work_dir=work_dir, progress=progress)
 
 
@@ -51,13 +58,13 @@ def load_classifier(folder: Path, *, device: str = "auto") -> TraitClassifier:
     except (KeyError, TypeError) as e:
         raise ClassifierError(f"{record_file}, field 'spec': unusable ({e})") from None
     classifier: TraitClassifier
-    if spec.kind == "tfidf_logistic":
+    if spec.kind in TFIDF_CLASSES:
         models = joblib.load(folder / SKLEARN_FILE)
         if not isinstance(models, dict) or set(models) != set(TRAITS):
             raise ClassifierError(
                 f"{folder / SKLEARN_FILE}: expected one model per trait {list(TRAITS)}"
             )
-        tfidf = TfidfLogisticClassifier(spec)
+        tfidf = TFIDF_CLASSES[spec.kind](spec)
         tfidf.models = models
         classifier = tfidf
     else:

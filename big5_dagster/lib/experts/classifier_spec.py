@@ -6,10 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-ClassifierKind = Literal["tfidf_logistic", "roberta_regression"]
+ClassifierKind = Literal["tfidf_logistic", "tfidf_char_logistic", "roberta_regression"]
 
 
-KINDS: tuple[str, ...] = ("tfidf_logistic", "roberta_regression")
+KINDS: tuple[str, ...] = ("tfidf_logistic", "tfidf_char_logistic", "roberta_regression")
+TFIDF_KINDS: tuple[str, ...] = ("tfidf_logistic", "tfidf_char_logistic")
 
 
 class ClassifierError(ValueError):

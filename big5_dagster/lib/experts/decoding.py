@@ -58,19 +58,34 @@ def expert_completions(
             for level in LEVELS:
                 peft_model.set_adapter(record.experts[level])
                 expert = dataclasses.replace(loaded, model=peft_model)
-                frames.append(_completions_at(expert, record.trait, prefixes, level, sampling))
+                frames.append(
+                    _completions_at(
+                        expert, record.trait, prefixes, level, sampling, record.system_prompt
+                    )
+                )
     else:
         separate = load_expert_models(record, device=str(loaded.device))
         for level in LEVELS:
             expert = dataclasses.replace(loaded, model=separate[level])
-            frames.append(_completions_at(expert, record.trait, prefixes, level, sampling))
+            frames.append(
+                _completions_at(
+                    expert, record.trait, prefixes, level, sampling, record.system_prompt
+                )
+            )
     return pd.concat(frames, ignore_index=True)
 
 
 def _completions_at(
-    expert: LoadedModel, trait: str, prefixes: pd.DataFrame, level: str, sampling: SamplingParams
+    expert: LoadedModel,
+    trait: str,
+    prefixes: pd.DataFrame,
+    level: str,
+    sampling: SamplingParams,
+    system_prompt: str | None,
 ) -> pd.DataFrame:
-    outputs = complete_prefixes(expert, trait, prefixes.prefix.tolist(), level, sampling)
+    outputs = complete_prefixes(
+        expert, trait, prefixes.prefix.tolist(), level, sampling, system_prompt=system_prompt
+    )
     return pd.DataFrame(
         {
             "post_id": prefixes.post_id,
@@ -78,6 +93,8 @@ def _completions_at(
             "target_level": level,
             "prefix": prefixes.prefix,
             "completion": [o.text for o in outputs],
+            "n_new_tokens": [o.n_new_tokens for o in outputs],
+            "finish_reason": [o.finish_reason for o in outputs],
         }
     )
 

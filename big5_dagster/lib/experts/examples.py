@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 import pandas as pd
 from transformers import PreTrainedTokenizerBase
 
-from big5_dagster.lib.engine.generation import GenerationResult, generate_from_text
+from big5_dagster.lib.engine.generation import GenerationResult
 from big5_dagster.lib.engine.loading import LoadedModel
 from big5_dagster.lib.engine.sampling import SamplingParams
+from big5_dagster.lib.engine.shared_prefix import generate_with_shared_prefix
 from big5_dagster.lib.prompts import expert_messages
 from big5_dagster.lib.traits import LEVELS, TRAITS, Persona
 
@@ -51,9 +51,15 @@ def split_prefix(text: str) -> tuple[str, str] | None:
     return prefix, rest.rstrip()
 
 
-def expert_prompt(tokenizer: PreTrainedTokenizerBase, trait: str, level: str) -> str:
-    """The expert's chat-rendered prompt for a trait level, ending with the assistant header."""
-    messages = expert_messages(Persona(trait, level))
+def expert_prompt(
+    tokenizer: PreTrainedTokenizerBase, trait: str, level: str, system_prompt: str | None = None
+) -> str:
+    """The expert's chat-rendered prompt for a trait level, ending with the assistant header.
+
+    ``system_prompt``: None leaves the system turn to the chat template (SmolLM2's injects its
+    default assistant prompt); a string, even empty, is the system turn.
+    """
+    messages = expert_messages(Persona(trait, level), system_prompt)
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
@@ -61,7 +67,8 @@ def check_posts(posts: pd.DataFrame, trait: str) -> tuple[str, str]:
     if trait not in TRAITS:
         raise ValueError(f"unknown trait {trait!r}: expected one of {list(TRAITS)}")
     level_col, split_col = f"{trait}_level", f"{trait}_split"
-    missing = [c for c in ("post_id", "text", level_col, split_col) if c not in posts.columns]
+    needed = ("post_id", "text", trait, level_col, split_col)
+    missing = [c for c in needed if c not in posts.columns]
     if missing:
         raise ValueError(
             f"posts lack columns {missing}: pass them through corpora.label_and_split first"
@@ -82,8 +89,13 @@ def _usable_rows(posts: pd.DataFrame, trait: str, split: str) -> pd.DataFrame:
     level_col, split_col = check_posts(posts, trait)
     chosen = posts[(posts[split_col] == split).fillna(False) & posts[level_col].notna()]
     rows = []
-    for row, post_id, text, level in zip(
-        chosen.index, chosen["post_id"], chosen["text"], chosen[level_col], strict=True
+    for row, post_id, text, level, z in zip(
+        chosen.index,
+        chosen["post_id"],
+        chosen["text"],
+        chosen[level_col],
+        chosen[trait],
+        strict=True,
     ):
         if not isinstance(text, str):
             raise ValueError(
@@ -91,8 +103,18 @@ def _usable_rows(posts: pd.DataFrame, trait: str, split: str) -> pd.DataFrame:
             )
         parts = split_prefix(text)
         if parts is not None:
-            rows.append((str(post_id), str(level), parts[0], parts[1], text))
-    return pd.DataFrame(rows, columns=["post_id", "level", "prefix", "rest", "text"])
+            rows.append((str(post_id), str(level), parts[0], parts[1], text, abs(z)))
+    return pd.DataFrame(rows, columns=["post_id", "level", "prefix", "rest", "text", "strength"])
+
+
+def most_extreme(rows: pd.DataFrame, share: float) -> pd.DataFrame:
+    """Per level, the ``share`` of rows with the largest |z| (ties at the cut are kept)."""
+    if not 0 < share <= 1:
+        raise ValueError(f"extreme_share must be in (0, 1], got {share}")
+    if share == 1:
+        return rows
+    cut = rows.groupby("level")["strength"].transform(lambda s: s.quantile(1 - share))
+    return rows[rows["strength"] >= cut].reset_index(drop=True)
 
 
 def _balanced_sample(rows: pd.DataFrame, per_level: int, seed: int) -> pd.DataFrame:
@@ -126,18 +148,23 @@ def expert_examples(
     max_examples: int,
     seed: int,
     split: str = "train",
+    *,
+    extreme_share: float = 1.0,
+    system_prompt: str | None = None,
 ) -> pd.DataFrame:
     """Training rows for one trait's expert: post_id, level, prompt, completion.
 
     A seeded sample of the trait's labelled posts in ``split``, balanced between high and low
-    (``max_examples // 2`` each, fewer when a level has fewer usable posts). prompt = the
-    rendered expert prompt for the post's level + its first 5 words; completion = the rest.
+    (``max_examples // 2`` each, fewer when a level has fewer usable posts), drawn from the
+    ``extreme_share`` of each level's posts whose authors' |z| is largest (1.0: the whole
+    tertile). prompt = the rendered expert prompt for the post's level (``expert_prompt``
+    with ``system_prompt``) + its first 5 words; completion = the rest.
     """
     if max_examples < 2:
         raise ValueError(f"max_examples must be >= 2 (one per level), got {max_examples}")
-    rows = _usable_rows(posts, trait, split)
+    rows = most_extreme(_usable_rows(posts, trait, split), extreme_share)
     sample = _balanced_sample(rows, _per_level(rows, max_examples // 2, trait, split), seed)
-    prompts = {level: expert_prompt(tokenizer, trait, level) for level in LEVELS}
+    prompts = {level: expert_prompt(tokenizer, trait, level, system_prompt) for level in LEVELS}
     return pd.DataFrame(
         {
             "post_id": sample["post_id"],
@@ -170,63 +197,27 @@ def complete_prefixes(
     level: str,
     sampling: SamplingParams,
     *,
-    batch_size: int = 8,
+    system_prompt: str | None = None,
+    batch_size: int = 48,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[GenerationResult]:
     """The expert's continuations of post prefixes under its prompt for ``level``.
 
     Each prompt is the rendered expert prompt + the prefix, exactly as in training; the
-    returned text is the continuation only (prepend the prefix to read the whole post).
+    prompt is shared, so its KV cache is computed once. Row i samples from its own stream
+    seeded by (``sampling.seed``, i), so the two levels see the same random numbers for the
+    same prefix. The returned text is the continuation only (prepend the prefix to read the
+    whole post).
     """
     Persona(trait, level)  # validates both
-    prompt = expert_prompt(loaded_expert.tokenizer, trait, level)
+    prompt = expert_prompt(loaded_expert.tokenizer, trait, level, system_prompt)
     for i, prefix in enumerate(prefixes):
         if not isinstance(prefix, str) or not prefix.strip():
             raise ValueError(f"prefix {i}: expected non-empty text, got {prefix!r}")
-    return generate_from_text(
+    return generate_with_shared_prefix(
         loaded_expert,
         [prompt + prefix for prefix in prefixes],
         sampling,
         batch_size=batch_size,
         progress=progress,
     )
-
-
-def example_completions(
-    loaded_expert: LoadedModel,
-    trait: str,
-    prefixes: pd.DataFrame,
-    sampling: SamplingParams,
-    *,
-    batch_size: int = 8,
-) -> pd.DataFrame:
-    """Each held-out prefix completed at high and at low (for metadata and the quality gate).
-
-    ``prefixes`` is a :func:`heldout_prefixes` frame. Rows: post_id, true_level, target_level,
-    prefix, completion, n_new_tokens, finish_reason.
-    """
-    records: list[dict[str, Any]] = []
-    for target in LEVELS:
-        outputs = complete_prefixes(
-            loaded_expert,
-            trait,
-            prefixes["prefix"].tolist(),
-            target,
-            sampling,
-            batch_size=batch_size,
-        )
-        for (post_id, true_level, prefix), out in zip(
-            prefixes[["post_id", "level", "prefix"]].itertuples(index=False), outputs, strict=True
-        ):
-            records.append(
-                {
-                    "post_id": post_id,
-                    "true_level": true_level,
-                    "target_level": target,
-                    "prefix": prefix,
-                    "completion": out.text,
-                    "n_new_tokens": out.n_new_tokens,
-                    "finish_reason": out.finish_reason,
-                }
-            )
-    return pd.DataFrame(records)

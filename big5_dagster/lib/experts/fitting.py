@@ -69,6 +69,7 @@ def assemble_experts(
     names: Mapping[str, str],
     base_model: str,
     base_fingerprint: str,
+    system_prompt: str | None,
 ) -> tuple[ExpertRecord, dict[str, Any]]:
     """Swap the trained experts, their reports, the record and a loss plot into ``target``
     (atomically) and remove the work folder. Returns the record and folder -> report."""
@@ -87,6 +88,7 @@ def assemble_experts(
             base_fingerprint=base_fingerprint,
             data_version=hash_json(versions),
             folder=target,
+            system_prompt=system_prompt,
         )
         record.write(tmp)
         reports = {f: json.loads((work / f / REPORT_FILE).read_text()) for f in sorted(versions)}

@@ -41,6 +41,9 @@ class ExpertRecord:
     """Hash of the weight files of every expert folder."""
     folder: Path
     """Where the record and the expert folders are (not stored in the file)."""
+    system_prompt: str | None = None
+    """The system turn of the expert prompt the experts were trained with (None: the chat
+    template's default); every use of the experts prompts them the same way."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -51,6 +54,7 @@ class ExpertRecord:
             "base_model": self.base_model,
             "base_fingerprint": self.base_fingerprint,
             "data_version": self.data_version,
+            "system_prompt": self.system_prompt,
         }
 
     def write(self, folder: Path) -> Path:
@@ -73,7 +77,14 @@ class ExpertRecord:
         experts = data["experts"]
         if not isinstance(experts, dict) or set(experts) != set(LEVELS):
             raise ValueError(f"{path}: field 'experts' must name a folder for each of {LEVELS}")
-        return cls(**{k: data[k] for k in (*fields, "data_version")}, folder=Path(folder))
+        system_prompt = data.get("system_prompt")  # records before it was kept: the template's
+        if system_prompt is not None and not isinstance(system_prompt, str):
+            raise ValueError(f"{path}: field 'system_prompt' must be a string or null")
+        return cls(
+            **{k: data[k] for k in (*fields, "data_version")},
+            folder=Path(folder),
+            system_prompt=system_prompt,
+        )
 
     @property
     def folder_names(self) -> list[str]:

@@ -27,6 +27,7 @@ class TfidfLogisticClassifier(TraitClassifier):
     """Per trait: TF-IDF (word 1-2 grams, sublinear tf) -> logistic regression, high vs low."""
 
     kind = "tfidf_logistic"
+    analyzer, ngram_range = "word", (1, 2)
 
     def __init__(self, spec: ClassifierSpec) -> None:
         super().__init__(spec)
@@ -38,7 +39,8 @@ class TfidfLogisticClassifier(TraitClassifier):
                 (
                     "tfidf",
                     TfidfVectorizer(
-                        ngram_range=(1, 2),
+                        analyzer=self.analyzer,
+                        ngram_range=self.ngram_range,
                         sublinear_tf=True,
                         max_features=self.spec.max_features,
                         strip_accents="unicode",
@@ -97,3 +99,12 @@ class TfidfLogisticClassifier(TraitClassifier):
     def _save_model(self, folder: Path) -> None:
         self._require_fitted()
         joblib.dump(self.models, folder / SKLEARN_FILE)
+
+
+class TfidfCharLogisticClassifier(TfidfLogisticClassifier):
+    """The same model over character 2-5 grams within word boundaries: a second rater that
+    shares no feature with the word model, so agreement between the two is not an artefact
+    of one vocabulary (``scripts/second_rater.py`` re-rates every figure with it)."""
+
+    kind = "tfidf_char_logistic"
+    analyzer, ngram_range = "char_wb", (2, 5)

@@ -190,3 +190,37 @@ def differences_with_ci(frame: pd.DataFrame, label: str, title: str) -> bytes:
     ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     return png_bytes(fig)
+
+
+def png_markdown(png: bytes, alt: str) -> str:
+    """Markdown showing ``png`` inline (a data URI), for ``MetadataValue.md`` in the UI."""
+    encoded = base64.b64encode(png).decode("ascii")
+    return f"![{alt}](data:image/png;base64,{encoded})"
+
+
+def sweep_curves(curve: pd.DataFrame, title: str = "DExperts sweep") -> bytes:
+    """Target accuracy (mean over personas, and the lowest persona dotted) and median
+    perplexity against alpha, one colour per formula. Columns: formula, alpha,
+    target_accuracy, min_target_accuracy, perplexity_median."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.0, 3.2))
+    for formula, rows in curve.groupby("formula"):
+        rows = rows.sort_values("alpha")
+        (line,) = left.plot(rows.alpha, rows.target_accuracy, marker="o", label=formula)
+        left.plot(
+            rows.alpha, rows.min_target_accuracy, linestyle=":", color=line.get_color(), alpha=0.8
+        )
+        right.plot(rows.alpha, rows.perplexity_median, marker="o", label=formula)
+    left.axhline(0.5, color="grey", linestyle="--", linewidth=1)
+    left.axhline(0.75, color="grey", linestyle=":", linewidth=1)
+    left.set_xlabel("alpha")
+    left.set_ylabel("target-trait accuracy")
+    left.set_title("accuracy (mean; dotted: lowest persona)", fontsize=9)
+    right.set_xlabel("alpha")
+    right.set_ylabel("perplexity under the base (median)")
+    right.set_yscale("log")
+    right.set_title("fluency", fontsize=9)
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    return png_bytes(fig)

@@ -101,7 +101,7 @@ def make_dpo_trainer(
             model, str(init_adapter), adapter_name=TRAINED_ADAPTER, is_trainable=True
         )
     elif lora is not None:
-        peft_config = lora.peft_config()
+        peft_config = lora.peft_config(model)
     config = DPOConfig(
         **training_arguments(spec, Path(work_dir), target),
         beta=spec.beta,

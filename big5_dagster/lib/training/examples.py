@@ -14,13 +14,10 @@ from collections.abc import Sequence
 import pandas as pd
 from transformers import PreTrainedTokenizerBase
 
+from big5_dagster.lib.dialogues.dataset import dropped_counts, usable
 from big5_dagster.lib.engine.chat import render_chat
 from big5_dagster.lib.prompts import persona_instruction
 from big5_dagster.lib.traits import Persona
-
-# Flags that make a reply unusable as a training target; truncated replies are kept
-# (the tiny profile's token limit cuts many), and counted in the dataset's metadata.
-EXCLUDING_FLAGS: tuple[str, ...] = ("refusal", "empty", "near_duplicate")
 
 
 def validation_scenarios(train_ids: Sequence[str], fraction: float, seed: int) -> set[str]:
@@ -49,29 +46,22 @@ def persona_messages(persona: Persona, user_line: str) -> list[dict[str, str]]:
     ]
 
 
-def usable(dataset: pd.DataFrame) -> pd.Series:
-    """Rows whose reply can be a training target (no excluding flag)."""
-    bad = pd.Series(False, index=dataset.index)
-    for flag in EXCLUDING_FLAGS:
-        bad |= dataset[flag].astype(bool)
-    return ~bad
-
-
 def sft_examples(
     dataset: pd.DataFrame,
     tokenizer: PreTrainedTokenizerBase,
     validation_fraction: float,
     seed: int,
+    classifier_filter: bool = False,
 ) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Prompt/completion examples (completion-only loss) and counts of dropped rows by flag.
+    """Prompt/completion examples (completion-only loss) and counts of dropped rows by reason.
 
     prompt: the chat-rendered system persona instruction + PersonX's line + the assistant
-    header; completion: the cleaned reply.
+    header; completion: the cleaned reply. ``classifier_filter`` also drops the replies the
+    trait classifier reads at the opposite level (counted as ``off_target``).
     """
     split = training_split(dataset, validation_fraction, seed)
-    keep = usable(dataset)
-    dropped = {flag: int(dataset[flag].astype(bool).sum()) for flag in EXCLUDING_FLAGS}
-    dropped["total"] = int((~keep).sum())
+    keep = usable(dataset, classifier_filter)
+    dropped = dropped_counts(dataset, classifier_filter)
     rows = dataset[keep]
     prompts = [
         render_chat(tokenizer, persona_messages(Persona(t, lv), opener))
@@ -102,18 +92,20 @@ def dpo_pairs(
     tokenizer: PreTrainedTokenizerBase,
     validation_fraction: float,
     seed: int,
+    classifier_filter: bool = False,
 ) -> tuple[pd.DataFrame, dict[str, int]]:
     """For each scenario and persona: chosen = its reply, rejected = the opposite level's reply.
 
-    Pairs where either side is flagged (refusal, empty, near-duplicate) or missing are
-    dropped and counted by reason; nothing is dropped silently.
+    Pairs where either side is flagged (refusal, empty, near-duplicate; with
+    ``classifier_filter`` also read at the opposite level) or missing are dropped and
+    counted by reason; nothing is dropped silently.
     """
     split = training_split(dataset, validation_fraction, seed)
     by_key = {
         (r.scenario_id, r.trait, r.level): i
         for i, r in zip(dataset.index, dataset.itertuples(), strict=True)
     }
-    keep = usable(dataset)
+    keep = usable(dataset, classifier_filter)
     records = []
     dropped = {"missing_opposite": 0, "flagged": 0}
     for index, row in zip(dataset.index, dataset.itertuples(), strict=True):
@@ -148,10 +140,12 @@ def dpo_pairs(
     return pd.DataFrame(records, columns=columns), dropped
 
 
-def demonstrations_by_persona(dataset: pd.DataFrame, n: int, seed: int) -> dict[str, list[str]]:
+def demonstrations_by_persona(
+    dataset: pd.DataFrame, n: int, seed: int, classifier_filter: bool = False
+) -> dict[str, list[str]]:
     """``n`` replies of each persona for the demonstrations baseline: a seeded sample of its
-    unflagged train-split replies, so no test scenario leaks into a prompt."""
-    rows = dataset[(dataset["split"] == "train") & usable(dataset)]
+    usable train-split replies (as for training), so no test scenario leaks into a prompt."""
+    rows = dataset[(dataset["split"] == "train") & usable(dataset, classifier_filter)]
     picked: dict[str, list[str]] = {}
     for persona, group in rows.groupby("persona", sort=True):
         if len(group) < n:

@@ -279,6 +279,11 @@ def run_training(
     if target == "cuda":
         torch.cuda.reset_peak_memory_stats()
     tokens_per_epoch = count_training_tokens(trainer)
+    before = None
+    if method == "sft" and trainer.eval_dataset is not None:
+        # The untrained model's loss on the same held-out replies: the trained loss is only
+        # meaningful beside it. Before train() even a resumed run holds the initial weights.
+        before = {k: float(v) for k, v in trainer.evaluate().items() if isinstance(v, int | float)}
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     seconds = time.perf_counter() - started
@@ -304,6 +309,8 @@ def run_training(
         metrics["validation"] = {
             k: float(v) for k, v in trainer.evaluate().items() if isinstance(v, int | float)
         }
+    if before is not None:
+        metrics["validation_before"] = before
     if method == "dpo":
         for key in _DPO_CURVES:
             curve = _curve(history, key)

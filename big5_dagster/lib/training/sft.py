@@ -74,7 +74,7 @@ def make_sft_trainer(
             train_dataset=datasets.Dataset.from_pandas(data, preserve_index=False),
             eval_dataset=eval_data,
             processing_class=tokenizer,
-            peft_config=lora.peft_config() if lora is not None else None,
+            peft_config=lora.peft_config(model) if lora is not None else None,
             callbacks=list(callbacks),
         )
     # Our progress callback reports steps; the default printer would print every log dict.

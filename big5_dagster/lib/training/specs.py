@@ -36,7 +36,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import torch
 from peft import LoraConfig
+from transformers import PreTrainedModel
 
 # trl 1.16 calls a transformers method deprecated in 5.x on every training step.
 from big5_dagster.lib.common.jsonable import jsonable
@@ -64,26 +66,50 @@ class LoraSpec:
     alpha: int = 16
     dropout: float = 0.0
     target_modules: str | tuple[str, ...] = "all-linear"
+    top_layers: int | None = None
+    """Adapt only the top this many decoder layers (None: all). Autograd then stops at the
+    lowest adapted layer, so a step skips the backward pass through the frozen ones."""
 
     def __post_init__(self) -> None:
         if self.r < 1:
             raise ValueError(f"LoraSpec.r must be >= 1, got {self.r}")
+        if self.top_layers is not None and self.top_layers < 1:
+            raise ValueError(f"LoraSpec.top_layers must be >= 1 or None, got {self.top_layers}")
         if self.alpha <= 0:
             raise ValueError(f"LoraSpec.alpha must be > 0, got {self.alpha}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"LoraSpec.dropout must be in [0, 1), got {self.dropout}")
 
-    def peft_config(self) -> LoraConfig:
+    def peft_config(self, model: PreTrainedModel | None = None) -> LoraConfig:
+        """peft's config; ``model`` (the model to adapt) is needed when ``top_layers`` is set."""
         modules = (
             self.target_modules
             if isinstance(self.target_modules, str)
             else list(self.target_modules)
         )
+        layers = None
+        n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+        if self.top_layers is not None:
+            if model is None or n_layers is None:
+                raise ValueError("LoraSpec.top_layers needs the model (with num_hidden_layers)")
+            if self.top_layers < n_layers:
+                layers = list(range(n_layers - self.top_layers, n_layers))
+        if layers is not None and modules == "all-linear":
+            # peft picks layers only by module names: every linear but the output head.
+            head = model.get_output_embeddings()
+            modules = sorted(
+                {
+                    name.rsplit(".", 1)[-1]
+                    for name, module in model.named_modules()
+                    if isinstance(module, torch.nn.Linear) and module is not head
+                }
+            )
         return LoraConfig(
             r=self.r,
             lora_alpha=self.alpha,
             lora_dropout=self.dropout,
             target_modules=modules,
+            layers_to_transform=layers,
             bias="none",
             task_type="CAUSAL_LM",
         )
