@@ -314,9 +314,13 @@ def test_every_method_is_evaluated_and_reported_with_lineage(with_adapters):
     page = (root / "big5_report" / "all" / "report.html").read_text()
     assert page.count('src="data:image/png;base64,') >= 10
     assert 'src="http' not in page and "<link" not in page  # self-contained
-    sections = ["signal_ledger", "overview", "dataset", "dexperts_sweep", "expressed"]
-    sections += ["self_report", "inventory_scores", "correlations", "reasoning"]
+    sections = ["signal_ledger", "findings", "dataset", "dexperts_sweep", "expressed"]
+    sections += ["self_report", "inventory_scores", "correlations", "reasoning", "lineage"]
     for section in sections:
         assert f'id="{section}"' in page
-    assert page.index('id="signal_ledger"') < page.index('id="overview"')  # the ledger opens
+    # the ledger opens, the findings follow, lineage closes
+    assert (
+        page.index('id="signal_ledger"') < page.index('id="findings"') < page.index('id="dataset"')
+    )
+    assert page.index('id="reasoning"') < page.index('id="lineage"')
     assert "incomplete" not in page

@@ -127,7 +127,6 @@ def test_four_persona_partitions_in_parallel_processes(prepared, tmp_path, tiny_
     for persona, process in processes.items():
         output = logs[persona].read_text(errors="replace")
         assert process.returncode == 0, f"{persona} failed:\n{output[-6000:]}"
-        assert "RUN_SUCCESS" in output
         for marker in LOCK_ERRORS:
             assert marker not in output, f"{persona}: lock error {marker!r}:\n{output[-6000:]}"
 
