@@ -11,9 +11,10 @@ from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
+from test_signal import sweep_replies
 
 from big5_dagster.lib.dialogues.schema import FLAG_NAMES
-from big5_dagster.lib.dialogues.sweep import PLAIN, sweep_curve, sweep_summary
+from big5_dagster.lib.dialogues.sweep import sweep_curve, sweep_summary
 from big5_dagster.lib.personality.self_report import self_report_vs_behaviour
 from big5_dagster.lib.reasoning.analysis import reasoning_by_trait, trait_direction_counts
 from big5_dagster.lib.report.sections import ReportData
@@ -306,28 +307,9 @@ def expert_gate() -> pd.DataFrame:
 
 
 def dexperts_sweep() -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Replies of two personas at alpha 0 (plain) and 1 (paper), through the sweep's own
-    summary and curve."""
-    rows = []
-    for persona in PERSONAS[:2]:
-        for formula, alpha in [(PLAIN, 0.0), ("paper", 1.0)]:
-            for s in range(4):
-                target = 0.5 if formula == PLAIN else (0.9 if persona.level == "high" else 0.1)
-                rows.append(
-                    {
-                        "formula": formula,
-                        "alpha": alpha,
-                        "persona": persona.key,
-                        "trait": persona.trait,
-                        "level": persona.level,
-                        "scenario_id": f"s{s}",
-                        "reply": f"reply number {s} of {formula}",
-                        "finish_reason": "eos",
-                        "perplexity": 10.0 + 5 * alpha,
-                        **{f"p_high_{t}": target if t == persona.trait else 0.4 for t in TRAITS},
-                    }
-                )
-    summary = sweep_summary(pd.DataFrame(rows))
+    """test_signal's sweep replies (plain and paper at alpha 1, two personas) through the
+    sweep's own summary and curve."""
+    summary = sweep_summary(sweep_replies())
     return summary, sweep_curve(summary)
 
 
