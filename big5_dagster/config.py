@@ -141,7 +141,10 @@ class ScenarioSettings(Section):
 class InventorySettings(Section):
     """Personality inventories administered in evaluation."""
 
-    inventories: list[str] = ["bfi44", "ipip_neo_120"]
+    inventories: list[str] = ["bfi44"]
+    """tiny: the BFI-44 alone (with the IPIP-NEO-120, 164 items a condition, the log-prob
+    answers take almost 4x as long); the paper profile adds ipip_neo_120. The MTMM validity
+    needs both."""
     psychobench_file: str | None = None
     """A PsychoBench questionnaires JSON file; the names below are imported from it."""
     psychobench_names: list[str] = []
@@ -224,7 +227,10 @@ class DialogueSettings(Section):
     temperature: float = 0.7
     top_p: float = 0.9
     repetition_penalty: float = 1.1
-    batch_size: int = 8
+    batch_size: int = 32
+    """Replies decoded together. A forward at 32 rows costs about 2x one at 8 rows on a 2-core
+    CPU (README, "Performance"): 4x the replies for 2x the time. Each batch samples from its own seed (recorded), so another
+    batch size draws other replies from the same distribution."""
     seed: int = 42
     opener_max_new_tokens: int = 40
     test_fraction: float = 0.1
@@ -250,8 +256,9 @@ class SweepSettings(Section):
     alphas: list[float] = [0.0, 0.5, 1.0, 2.0]
     """alpha 0 is plain generation (the reference of the drift); the paper swept 0.25 to 4."""
     formulas: list[str] = ["paper", "dexperts"]
-    n_scenarios: int = 8
-    """The first this many scenarios (by id) of soda_scenarios."""
+    n_scenarios: int = 4
+    """The first this many scenarios (by id) of soda_scenarios: 40 replies per setting over
+    the 10 personas in tiny."""
 
     @field_validator("formulas")
     @classmethod
@@ -295,8 +302,11 @@ def _subset_of(values: list[str], allowed: tuple[str, ...]) -> list[str]:
 class EvaluationSettings(Section):
     """Personality inventories administered to every method and persona (METHOD.md 6)."""
 
-    scorers: list[str] = ["logprob", "generate"]
-    """Any of logprob (option log-probabilities) and generate (generate-and-parse)."""
+    scorers: list[str] = ["logprob"]
+    """Any of logprob (option log-probabilities) and generate (generate-and-parse, the paper's
+    protocol). tiny: logprob alone: generate-and-parse of the 41 conditions x 88 BFI-44
+    prompts would take 13-15 minutes on 2 cores even with the early stop (4-5 items/s,
+    `big5 bench inventory`), most of the demo's budget. The paper profile runs both."""
     n_runs: int = 1
     """Sampled runs per item and option order (paper: 5). A deterministic scorer (logprob)
     answers each prompt once whatever this is: its runs would be copies."""
@@ -359,7 +369,7 @@ class ExpressedSettings(Section):
     temperature: float = 0.7
     top_p: float = 0.9
     repetition_penalty: float = 1.1
-    batch_size: int = 24
+    batch_size: int = 48
     seed: int = 42
     """Sampling seed: every condition replies to a scenario under the same random numbers."""
 

@@ -31,7 +31,11 @@ SMALL = {
     "big5_chat_replies": {"max_new_tokens": 5, "batch_size": 2},
     "sft_adapter": {"max_length": 96, "seeds": [1, 2], "save_steps": 2},
     "dpo_adapter": {"max_length": 96, "seeds": [1], "dpo_init": "sft", "max_dpo_pairs": 16},
+    # Both inventories and both scorers (the paper profile's), unlike the tiny defaults: the
+    # MTMM validity and the generate-and-parse answers are then built end to end too.
+    "personality_inventories": {"inventories": ["bfi44", "ipip_neo_120"]},
     "inventory_responses": {
+        "scorers": ["logprob", "generate"],
         "batch_size": 32,
         "max_new_tokens": 3,
         "n_demonstrations": 2,
