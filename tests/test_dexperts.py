@@ -11,6 +11,7 @@ import torch
 from model_fixtures import vary_weights
 from transformers import LogitsProcessor
 
+from big5_dagster.lib.dialogues.replies import reply_request
 from big5_dagster.lib.engine.adapters import (
     BASE_ADAPTER,
     RowMaskedLora,
@@ -25,7 +26,6 @@ from big5_dagster.lib.engine.dexperts import (
     combine_logits,
     expert_path_of,
     generate_dexperts,
-    persona_reply_request,
 )
 from big5_dagster.lib.engine.generation import generate_chat
 from big5_dagster.lib.engine.kv_decode import DecodeStream
@@ -73,7 +73,10 @@ def tiny(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def requests_() -> list[DExpertsRequest]:
-    return [persona_reply_request(SCENARIO, opener, PERSONA) for opener in OPENERS]
+    return [
+        reply_request(SCENARIO, opener, PERSONA, expert_system_prompt="", classic=True)
+        for opener in OPENERS
+    ]
 
 
 def token_lists(results) -> list[tuple[int, ...]]:

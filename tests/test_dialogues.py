@@ -17,7 +17,11 @@ from big5_dagster.lib.dialogues.dataset import (
     split_by_scenario,
     write_jsonl,
 )
-from big5_dagster.lib.dialogues.quality import dialogue_quality_table, target_accuracy_vs_chance
+from big5_dagster.lib.dialogues.quality import (
+    dialogue_quality_table,
+    personas_short_of,
+    target_accuracy_vs_chance,
+)
 from big5_dagster.lib.dialogues.refusals import is_refusal, refusal_reason
 from big5_dagster.lib.dialogues.schema import DATASET_COLUMNS, FLAG_NAMES, DialogueDataError
 from big5_dagster.lib.dialogues.similarity import (
@@ -680,6 +684,22 @@ def test_target_accuracy_vs_chance_reports_personas_at_chance():
     ]
     with pytest.raises(ValueError, match="margin"):
         target_accuracy_vs_chance(table, margin=0.6)
+
+
+def test_reaching_the_target_accuracy_exactly_passes():
+    # dialogue_quality's target is accuracy >= 0.75: openness_high's 3/4 reaches it.
+    table = dialogue_quality_table(*_quality_inputs())
+    short = personas_short_of(table, 0.75)
+    assert short["persona"].tolist() == ["openness_low"]
+    assert short["reason"].iloc[0] == "accuracy 0.500 < 0.750"
+    assert personas_short_of(table, 0.76)["persona"].tolist() == ["openness_high", "openness_low"]
+    # 3/4 reaches 0.75 but is not significant at p < 0.01
+    assert personas_short_of(table, 0.75, 0.01)["persona"].tolist() == [
+        "openness_high",
+        "openness_low",
+    ]
+    with pytest.raises(ValueError, match="min_accuracy"):
+        personas_short_of(table, 0.5)
 
 
 def test_persona_with_only_flagged_replies_counts_as_at_chance():

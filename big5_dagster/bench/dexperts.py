@@ -15,6 +15,7 @@ import torch
 from transformers import SuppressTokensLogitsProcessor
 
 from big5_dagster.lib.corpora.synthetic_scenarios import generate_scenarios
+from big5_dagster.lib.dialogues.replies import reply_request
 from big5_dagster.lib.engine.adapters import lora_adapter, random_lora_adapter
 from big5_dagster.lib.engine.dexperts import (
     FORMULAS,
@@ -22,7 +23,6 @@ from big5_dagster.lib.engine.dexperts import (
     DExpertsRequest,
     Formula,
     generate_dexperts,
-    persona_reply_request,
 )
 from big5_dagster.lib.engine.generation import generate_chat
 from big5_dagster.lib.engine.loading import LoadedModel
@@ -59,7 +59,7 @@ def dialogue_bench_requests(
         ),
     )
     return [
-        persona_reply_request(s, o.text.strip(), persona)
+        reply_request(s, o.text.strip(), persona, expert_system_prompt="", classic=True)
         for s, o in zip(scenarios, openers, strict=True)
     ]
 

@@ -31,13 +31,13 @@ import torch
 from transformers import SuppressTokensLogitsProcessor
 
 from big5_dagster.bench.roofline import Clock, ModelRoofline, PathCost, fractions
+from big5_dagster.lib.dialogues.replies import reply_request
 from big5_dagster.lib.engine.adapters import random_lora_adapter
 from big5_dagster.lib.engine.chat import render_chat
 from big5_dagster.lib.engine.dexperts import (
     DExpertsParams,
     DExpertsRequest,
     generate_dexperts,
-    persona_reply_request,
 )
 from big5_dagster.lib.engine.generation import generate_chat
 from big5_dagster.lib.engine.loading import LoadedModel
@@ -169,7 +169,13 @@ def reply_requests(n: int, seed: int = 0) -> list[DExpertsRequest]:
 
     scenarios = generate_scenarios(n, seed=seed).to_dict("records")
     return [
-        persona_reply_request(s, f"Hey, did you hear what happened at the {word}?", PERSONA)
+        reply_request(
+            s,
+            f"Hey, did you hear what happened at the {word}?",
+            PERSONA,
+            expert_system_prompt="",
+            classic=True,
+        )
         for s, word in zip(scenarios, ["market", "office", "party", "game"] * n, strict=False)
     ]
 

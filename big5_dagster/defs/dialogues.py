@@ -326,8 +326,8 @@ def build(settings: Settings) -> Stage:
         table["filter"] = config.filter
         path = tracker.save_table(table, "dialogue_quality.parquet", table="dialogue_quality")
         at_chance = quality.target_accuracy_vs_chance(table, config.chance_margin)
-        short = quality.target_accuracy_vs_chance(
-            table, config.quality_min_accuracy - quality.CHANCE_ACCURACY, config.quality_max_p_value
+        short = quality.personas_short_of(
+            table, config.quality_min_accuracy, config.quality_max_p_value
         )
         return tracker.result(
             rows=len(table),
@@ -368,7 +368,7 @@ def build(settings: Settings) -> Stage:
                     passed=short.empty,
                     severity=dg.AssetCheckSeverity.WARN,
                     description=(
-                        f"every persona reaches accuracy > {config.quality_min_accuracy} with "
+                        f"every persona reaches accuracy >= {config.quality_min_accuracy} with "
                         f"p < {config.quality_max_p_value}"
                         if short.empty
                         else f"{len(short)} of {len(table)} personas fall short: "

@@ -3,7 +3,7 @@ beside chance, off-target drift, lengths and flag rates (``dialogue_quality_tabl
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -155,6 +155,29 @@ def target_accuracy_vs_chance(
     """
     if not (isinstance(margin, int | float) and 0 <= margin < 0.5):
         raise ValueError(f"margin must be in [0, 0.5), got {margin!r}")
+    bound = CHANCE_ACCURACY + margin
+    return _failing_personas(table, lambda a: a <= bound, f"<= {bound:.3f}", max_p_value)
+
+
+def personas_short_of(
+    table: pd.DataFrame, min_accuracy: float, max_p_value: float | None = None
+) -> pd.DataFrame:
+    """The personas that do not reach ``min_accuracy`` (accuracy < it: reaching it passes),
+    have no scored reply, or (if given) a one-sided binomial p-value >= ``max_p_value``.
+    Same columns as :func:`target_accuracy_vs_chance`."""
+    if not 0.5 < min_accuracy <= 1.0:
+        raise ValueError(f"min_accuracy must be in (0.5, 1], got {min_accuracy!r}")
+    return _failing_personas(
+        table, lambda a: a < min_accuracy, f"< {min_accuracy:.3f}", max_p_value
+    )
+
+
+def _failing_personas(
+    table: pd.DataFrame,
+    fails: Callable[[float], bool],
+    bound_text: str,
+    max_p_value: float | None,
+) -> pd.DataFrame:
     require_columns(
         table, ("persona", "target_accuracy", "n_scored", "target_binom_p"), "quality table"
     )
@@ -162,8 +185,8 @@ def target_accuracy_vs_chance(
     for accuracy, p_value in zip(table["target_accuracy"], table["target_binom_p"], strict=True):
         if pd.isna(accuracy):
             reasons.append("no scored replies")
-        elif accuracy <= CHANCE_ACCURACY + margin:
-            reasons.append(f"accuracy {accuracy:.3f} <= {CHANCE_ACCURACY + margin:.3f}")
+        elif fails(accuracy):
+            reasons.append(f"accuracy {accuracy:.3f} {bound_text}")
         elif max_p_value is not None and p_value >= max_p_value:
             reasons.append(f"binomial p {p_value:.3g} >= {max_p_value}")
         else:

@@ -34,7 +34,7 @@ decoding (``big5 bench all`` prints both beside this machine's matmul limit).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -59,8 +59,6 @@ from big5_dagster.lib.engine.sampling import (
 )
 from big5_dagster.lib.engine.tokens import eos_token_ids
 from big5_dagster.lib.engine.types import Conversation, ProgressCallback
-from big5_dagster.lib.prompts import expert_messages, reply_messages
-from big5_dagster.lib.traits import Persona
 
 Formula = Literal["paper", "dexperts"]
 
@@ -110,20 +108,6 @@ class DExpertsRequest:
     expert_prompt: Prompt
     anti_expert_prompt: Prompt | None = None
     """Needed by the 'dexperts' formula only."""
-
-
-def persona_reply_request(
-    scenario: Mapping[str, str], opener: str, persona: Persona
-) -> DExpertsRequest:
-    """PersonY's reply in ``scenario`` steered towards ``persona`` (METHOD.md section 4).
-
-    The anti-expert prompt is the expert instruction at the opposite level of the same trait.
-    """
-    return DExpertsRequest(
-        base_prompt=reply_messages(scenario, opener, persona),
-        expert_prompt=expert_messages(persona),
-        anti_expert_prompt=expert_messages(persona.opposite),
-    )
 
 
 def combine_logits(
