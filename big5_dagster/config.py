@@ -372,6 +372,9 @@ class ExpressedSettings(Section):
     batch_size: int = 48
     seed: int = 42
     """Sampling seed: every condition replies to a scenario under the same random numbers."""
+    n_demonstrations: int = 10
+    """prompt_demonstrations: replies of the persona shown as examples (as in the evaluation;
+    chosen with evaluation.seed, so the same examples as the inventories see)."""
 
 
 class ReasoningSettings(Section):

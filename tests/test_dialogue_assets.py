@@ -16,7 +16,7 @@ from big5_dagster.lib.personality.methods import METHODS
 from big5_dagster.lib.traits import PERSONAS, TRAITS
 
 N_SCENARIOS = 6
-EXPRESSED = {"n_scenarios": 3, "max_new_tokens": 4, "batch_size": 4}
+EXPRESSED = {"n_scenarios": 3, "max_new_tokens": 4, "batch_size": 4, "n_demonstrations": 2}
 SMALL = {
     "psychgenerator_posts": {"n_posts": 600},
     "soda_scenarios": {"n_scenarios": N_SCENARIOS},
@@ -65,11 +65,6 @@ def built(tmp_path_factory, tiny_backend):
     root = tmp_path_factory.mktemp("dialogue_data")
     home = tmp_path_factory.mktemp("dialogue_home")
     settings = load_settings()
-    # expressed_personality reads the demonstrations count from the evaluation settings (no
-    # launchpad override reaches it): 6 scenarios leave fewer than the default 10 per persona.
-    settings = settings.model_copy(
-        update={"evaluation": settings.evaluation.model_copy(update={"n_demonstrations": 2})}
-    )
     defs = build_definitions(settings, root, resources={"model": tiny_backend})
     instance = dg.DagsterInstance.ephemeral(tempdir=str(home))
     assets = list(defs.assets) + list(defs.asset_checks)

@@ -135,7 +135,7 @@ def build(settings: Settings) -> Stage:
         conditions, adapter_paths = artifacts.method_conditions(
             store,
             method,
-            settings.evaluation.n_demonstrations,
+            config.n_demonstrations,
             settings.evaluation.seed,
             settings.dialogues.filter == "classifier",
         )
