@@ -397,6 +397,26 @@ class AutomationSettings(Section):
     """Run big5_evaluation for sft/dpo when a new adapter is materialized."""
 
 
+class SteeringSettings(Section):
+    """Activation steering (persona_vectors, the steering_* methods, steering_sweep): a trait
+    direction added after one decoder layer, scaled to that layer's typical residual norm."""
+
+    layer: int = 15
+    """The decoder layer whose output is steered (0-based; not the last). From the sweep."""
+    coef: float = 0.5
+    """Added vector = sign(level) x coef x typical residual norm x unit direction."""
+    max_scenarios: int | None = 16
+    """Per trait, a seeded sample of at most this many train scenarios with a high and a low
+    reply (None: all) for the directions."""
+    batch_size: int = 16
+    seed: int = 42
+    sweep_layers: list[int] = [8, 15, 22]
+    sweep_coefs: list[float] = [0.25, 0.5, 1.0]
+    """The grounded variant at every layer x coef; the prompted one at ``layer``."""
+    sweep_n_scenarios: int = 4
+    """The first this many evaluation scenarios (by id) per persona."""
+
+
 class Settings(BaseModel):
     """The whole configuration of one profile."""
 
@@ -425,6 +445,7 @@ class Settings(BaseModel):
     expressed: ExpressedSettings = ExpressedSettings()
     reasoning: ReasoningSettings = ReasoningSettings()
     automation: AutomationSettings = AutomationSettings()
+    steering: SteeringSettings = SteeringSettings()
 
 
 @cache

@@ -12,7 +12,7 @@ from big5_dagster import paths
 from big5_dagster.config import load_settings
 from big5_dagster.definitions import build_definitions
 from big5_dagster.lib.engine import dexperts
-from big5_dagster.lib.personality.methods import METHODS
+from big5_dagster.lib.personality.methods import METHODS, STEERING_METHODS
 from big5_dagster.lib.traits import PERSONAS, TRAITS
 
 N_SCENARIOS = 6
@@ -63,8 +63,12 @@ def built(tmp_path_factory, tiny_backend):
     settings = load_settings()
     # expressed_personality reads the demonstrations count from the evaluation settings (no
     # launchpad override reaches it): 6 scenarios leave fewer than the default 10 per persona.
+    # The tiny random model has 2 decoder layers: layer 0 is the one steering layer.
     settings = settings.model_copy(
-        update={"evaluation": settings.evaluation.model_copy(update={"n_demonstrations": 2})}
+        update={
+            "evaluation": settings.evaluation.model_copy(update={"n_demonstrations": 2}),
+            "steering": settings.steering.model_copy(update={"layer": 0}),
+        }
     )
     defs = build_definitions(settings, root, resources={"model": tiny_backend})
     instance = dg.DagsterInstance.ephemeral(tempdir=str(home))
@@ -261,7 +265,7 @@ def upstream_assets(warehouse: Path, asset: str) -> set[str]:
 def test_every_method_is_evaluated_and_reported_with_lineage(with_adapters):
     materialize, root = with_adapters["materialize"], with_adapters["root"]
     materialize(["personality_inventories", "reasoning_tasks"])
-    materialize(["evaluation_scenarios"])
+    materialize(["evaluation_scenarios", "persona_vectors"])
     for method in METHODS:
         materialize(["inventory_responses", "reasoning_results", "expressed_personality"], method)
     materialize(
@@ -299,7 +303,23 @@ def test_every_method_is_evaluated_and_reported_with_lineage(with_adapters):
     assert len(evaluation) == n_eval and not set(evaluation) & set(training)
     # base is read against every persona; each method reports all 10
     assert accuracy.groupby(["method", "adapter_seed"], dropna=False).size().eq(10).all()
-    assert set(verdicts.method) == {"prompt_description", "prompt_demonstrations", "sft", "dpo"}
+    assert set(verdicts.method) == {
+        "prompt_description",
+        "prompt_demonstrations",
+        "sft",
+        "dpo",
+        *STEERING_METHODS,
+    }
+    # steering: no instruction, and the vector version, layer and coef in every row
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        steered = con.execute(
+            "SELECT DISTINCT method, adapter_version FROM inventory_answers "
+            "WHERE method LIKE 'steering_%'"
+        ).fetchall()
+    assert sorted(m for m, _ in steered) == sorted(STEERING_METHODS)
+    for method, version in steered:
+        assert version.startswith(f"{STEERING_METHODS[method]}:") and ":layer0:coef" in version
+    assert "persona_vectors" in upstream_assets(warehouse, "inventory_scores")
 
     # the numbers trace back through the adapters and the dataset to the corpora
     upstream = upstream_assets(warehouse, "inventory_scores")

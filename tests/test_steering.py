@@ -19,7 +19,7 @@ from big5_dagster.lib.engine.steering import (
     decoder_layers,
     steered,
 )
-from big5_dagster.lib.personality.persona_vectors import compute_persona_vectors, contrast_replies
+from big5_dagster.lib.personality.trait_directions import compute_persona_vectors, contrast_replies
 
 PROMPTS = [
     [{"role": "user", "content": "How do you feel about parties?"}],
@@ -184,3 +184,61 @@ def test_persona_vectors_round_trip_and_sign(varied, tmp_path):
     summary = back.summary()
     assert set(summary.columns) >= {"trait", "layer", "norm_grounded", "norm_prompted", "cosine"}
     assert summary.cosine.between(-1.0001, 1.0001).all()
+
+
+def test_steering_conditions_give_no_instruction_and_name_their_vector():
+    from big5_dagster.lib.personality.conditions import by_model_change, conditions_for
+
+    conditions = conditions_for("steering_prompted", steering=(3, 0.5, "abc123"))
+    assert len(conditions) == 10
+    assert all(c.system is None and c.demonstrations is None for c in conditions)
+    assert conditions[0].model_version == "prompted:abc123:layer3:coef0.5"
+    assert conditions[0].adapter_identity == ("none", None, None)
+    # each persona has its own vector: one model change per condition
+    assert [len(g) for g in by_model_change(conditions)] == [1] * 10
+    assert [len(g) for g in by_model_change(conditions_for("prompt_description"))] == [10]
+    with pytest.raises(ValueError, match="needs steering"):
+        conditions_for("steering_grounded")
+
+
+def test_the_sweep_grid_and_the_choice_of_a_fluent_setting():
+    from big5_dagster.lib.personality.steering_grid import chosen_setting, steering_grid
+
+    grid = steering_grid([4, 8], [1.0, 0.5], chosen_layer=8)
+    assert grid[:2] == [("grounded", 4, 0.5), ("grounded", 4, 1.0)]
+    assert grid[-2:] == [("prompted", 8, 0.5), ("prompted", 8, 1.0)]
+    with pytest.raises(ValueError, match="> 0"):
+        steering_grid([4], [0.0], 4)
+    curve = pd.DataFrame(
+        {
+            "formula": ["grounded@L4", "grounded@L4", "grounded@L4", "prompted@L4"],
+            "alpha": [0.0, 0.5, 2.0, 0.5],
+            "target_accuracy": [0.5, 0.7, 0.95, 0.99],
+            "perplexity_median": [10.0, 12.0, 80.0, 11.0],
+            "distinct_2": [0.9, 0.85, 0.3, 0.9],
+        }
+    )
+    # coef 2 is the most accurate but no longer fluent; prompted settings are not chosen
+    assert chosen_setting(curve).alpha.tolist() == [0.5]
+
+
+def test_the_sweep_steers_every_persona_and_shares_the_plain_reply(varied):
+    from big5_dagster.lib.personality.steering_grid import steering_sweep_replies
+    from big5_dagster.lib.traits import PERSONAS
+
+    vectors = compute_persona_vectors(
+        varied, dialogues(), max_scenarios=None, seed=0, traits=("openness", "extraversion")
+    )
+    scenarios = pd.DataFrame(
+        {"scenario_id": ["t1", "t2"], "opener": ["Hi there.", "What now?"], "person_y": ["Ann"] * 2}
+    )
+    personas = [p for p in PERSONAS if p.trait in ("openness", "extraversion")]
+    replies = steering_sweep_replies(
+        varied, vectors, scenarios, [("grounded", 0, 4.0)], GREEDY, personas=personas
+    )
+    assert len(replies) == 2 * len(personas) * 2
+    plain = replies[replies.formula == "none"]
+    assert plain.groupby("scenario_id").raw_reply.nunique().eq(1).all()
+    high = replies[(replies.formula == "grounded@L0") & (replies.persona == "openness_high")]
+    low = replies[(replies.formula == "grounded@L0") & (replies.persona == "openness_low")]
+    assert high.raw_reply.tolist() != low.raw_reply.tolist()  # the sign reaches generation

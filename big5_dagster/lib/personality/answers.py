@@ -338,7 +338,7 @@ def answer_rows(
         frame["cache_key"] = [
             cache_key(
                 settings.model_fingerprint,
-                condition.adapter_version,
+                condition.model_version,
                 h,
                 scorer,
                 scorer_settings,
@@ -350,7 +350,7 @@ def answer_rows(
         frame["method"] = condition.method
         frame["persona"] = condition.persona
         frame["adapter_seed"] = condition.adapter_seed
-        frame["adapter_version"] = condition.adapter_version
+        frame["adapter_version"] = condition.model_version
         frame["model_fingerprint"] = settings.model_fingerprint
         frame["prompt_template_hash"] = template_hash
         frame["scorer"] = scorer

@@ -1,0 +1,161 @@
+"""Activation steering: persona vectors from the BIG5-CHAT dialogues (the steering_* methods
+add them), and the layer x coefficient sweep their default is chosen from."""
+
+import dagster as dg
+import pandas as pd
+
+from big5_dagster.config import Settings, SteeringSettings, with_defaults
+from big5_dagster.defs import artifacts
+from big5_dagster.defs.factory import Stage, versioned_asset
+from big5_dagster.defs.tracking import Tracker, progress_logger
+from big5_dagster.lib.common.hashing import hash_file
+from big5_dagster.lib.dialogues import sweep
+from big5_dagster.lib.engine.likelihood import continuation_nll, perplexities
+from big5_dagster.lib.engine.sampling import SamplingParams
+from big5_dagster.lib.personality import steering_grid, trait_directions
+from big5_dagster.lib.report.plots import png_markdown, sweep_curves
+from big5_dagster.lib.traits import TRAITS
+from big5_dagster.resources.artifacts import ArtifactStore
+from big5_dagster.resources.model_backend import ModelBackend
+from big5_dagster.resources.warehouse import Warehouse
+
+
+def build(settings: Settings) -> Stage:
+    SteeringConfig = with_defaults(SteeringSettings, settings.steering)
+
+    @versioned_asset(
+        settings,
+        deps=["big5_chat_dataset"],
+        group_name="steering",
+        kinds={"pytorch", "safetensors"},
+        metadata={"warehouse_tables": ["persona_vector_norms"]},
+    )
+    def persona_vectors(
+        context: dg.AssetExecutionContext,
+        config: SteeringConfig,  # type: ignore[valid-type]
+        store: ArtifactStore,
+        warehouse: Warehouse,
+        model: ModelBackend,
+    ) -> dg.MaterializeResult:
+        """Per trait and decoder layer two directions, in one safetensors file: grounded (mean
+        state over the high minus the low BIG5-CHAT reply of the same train scenarios, no
+        persona instruction) and prompted (the same replies under the high minus the low
+        persona instruction); and each layer's typical residual norm, which scales steering.
+        Per trait and layer: both norms and the cosine between the two kinds."""
+        tracker = Tracker(context, warehouse, store)
+        loaded = model.load()
+        vectors = trait_directions.compute_persona_vectors(
+            loaded,
+            artifacts.read_dataset(store),
+            max_scenarios=config.max_scenarios,
+            seed=config.seed,
+            classifier_filter=settings.dialogues.filter == "classifier",
+            batch_size=config.batch_size,
+        )
+        path = vectors.save(store.file("persona_vectors", artifacts.PERSONA_VECTORS))
+        summary = vectors.summary()
+        tracker.save_table(summary, "norms.parquet", table="persona_vector_norms", versioned=False)
+        cosine = summary.pivot_table(index="layer", columns="trait", values="cosine")
+        return tracker.result(
+            data_version=hash_file(path),
+            rows=len(summary),
+            artifacts=[path],
+            model_ids={"base": loaded.model_id, "base_fingerprint": loaded.fingerprint},
+            seeds={"seed": config.seed},
+            metadata={
+                "scenarios_per_trait": dg.MetadataValue.json(vectors.n_scenarios),
+                "layers": len(vectors.layers),
+                "cosine_grounded_vs_prompted": dg.MetadataValue.md(
+                    cosine.round(3).reset_index().to_markdown(index=False)
+                ),
+                "norms": dg.MetadataValue.md(summary.round(3).to_markdown(index=False)),
+            },
+        )
+
+    @versioned_asset(
+        settings,
+        deps=["persona_vectors", "big5_chat_dataset", "trait_classifier"],
+        group_name="steering",
+        kinds={"pytorch", "duckdb"},
+        metadata={"warehouse_tables": ["steering_sweep", "steering_sweep_curve"]},
+    )
+    def steering_sweep(
+        context: dg.AssetExecutionContext,
+        config: SteeringConfig,  # type: ignore[valid-type]
+        store: ArtifactStore,
+        warehouse: Warehouse,
+        model: ModelBackend,
+    ) -> dg.MaterializeResult:
+        """Every persona's steered replies (no instruction) to the first test-split scenarios
+        of the BIG5-CHAT dataset: the grounded vectors at every sweep layer x coef, the
+        prompted ones at the configured layer, and the unsteered reply (coef 0). Per setting
+        and persona: target-trait accuracy by the trait classifier, off-target drift, and
+        fluency (perplexity under the unsteered model given the same prompt, distinct-2).
+        The default layer and coef (steering.layer, steering.coef) are chosen from it."""
+        tracker = Tracker(context, warehouse, store)
+        scenarios = steering_grid.held_out_scenarios(
+            artifacts.read_dataset(store), config.sweep_n_scenarios
+        )
+        vectors = artifacts.read_persona_vectors(store)
+        sampling = SamplingParams(
+            max_new_tokens=settings.expressed.max_new_tokens,
+            temperature=settings.expressed.temperature,
+            top_p=settings.expressed.top_p,
+            repetition_penalty=settings.expressed.repetition_penalty,
+            seed=config.seed,
+        )
+        grid = steering_grid.steering_grid(config.sweep_layers, config.sweep_coefs, config.layer)
+        loaded = model.load()
+        replies = steering_grid.steering_sweep_replies(
+            loaded,
+            vectors,
+            scenarios,
+            grid,
+            sampling,
+            batch_size=config.batch_size,
+            progress=progress_logger(context, "steering settings x personas"),
+        )
+        prompts = [[{"role": "user", "content": o}] for o in replies.opener]
+        nll, n_tokens = continuation_nll(loaded, prompts, replies.reply.tolist())
+        replies["reply_tokens"] = n_tokens
+        replies["perplexity"] = perplexities(nll)
+        probabilities = artifacts.load_trait_classifier(store).predict_high_probability(
+            replies.reply.tolist()
+        )
+        for trait in TRAITS:
+            replies[f"p_high_{trait}"] = probabilities[trait].to_numpy()
+        summary = sweep.sweep_summary(replies)
+        labels = list(dict.fromkeys(steering_grid.setting_label(v, layer) for v, layer, _ in grid))
+        curve = sweep.sweep_curve(summary, labels)
+        chosen = steering_grid.chosen_setting(curve)
+        path = tracker.save_table(summary, "steering_sweep.parquet", table="steering_sweep")
+        tracker.save_table(curve, "curve.parquet", table="steering_sweep_curve", versioned=False)
+        png = sweep_curves(
+            curve,
+            f"steering sweep, {len(scenarios)} held-out scenarios x 10 personas",
+            xlabel="coef (x typical residual norm)",
+        )
+        (path.parent / "sweep.png").write_bytes(png)
+        return tracker.result(
+            rows=len(summary),
+            artifacts=[path, path.parent / "sweep.png"],
+            model_ids={"base": loaded.model_id, "base_fingerprint": loaded.fingerprint},
+            seeds={"seed": config.seed},
+            metadata={
+                "curve": dg.MetadataValue.md(curve.round(3).to_markdown(index=False)),
+                "chosen": dg.MetadataValue.md(
+                    chosen.round(3).to_markdown(index=False)
+                    if len(chosen)
+                    else "no grounded setting keeps the replies fluent"
+                ),
+                "plot": dg.MetadataValue.md(png_markdown(png, "accuracy and perplexity vs coef")),
+                "replies": len(replies),
+                "examples": dg.MetadataValue.md(
+                    pd.concat([g.head(1) for _, g in replies.groupby(["formula", "alpha"])])[
+                        ["formula", "alpha", "persona", "reply"]
+                    ].to_markdown(index=False)
+                ),
+            },
+        )
+
+    return Stage([persona_vectors, steering_sweep])
