@@ -414,7 +414,9 @@ class SteeringSettings(Section):
     sweep_coefs: list[float] = [0.25, 0.5, 1.0]
     """The grounded variant at every layer x coef; the prompted one at ``layer``."""
     sweep_n_scenarios: int = 4
-    """The first this many evaluation scenarios (by id) per persona."""
+    """The first this many test-split scenarios (by id) of the BIG5-CHAT dataset."""
+    monitor_n_scenarios: int = 8
+    """persona_projections: the first this many evaluation scenarios (by id) per condition."""
 
 
 class Settings(BaseModel):

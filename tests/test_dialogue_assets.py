@@ -45,6 +45,8 @@ SMALL = {
     "expressed_personality": EXPRESSED,
     "reasoning_tasks": {"n_social": 2, "n_commonsense": 2, "n_arithmetic": 2, "n_shots": 1},
     "reasoning_results": {"max_gen_toks": 4, "limit": 2, "n_demonstrations": 2},
+    "steering_sweep": {"sweep_layers": [0], "sweep_coefs": [1.0], "sweep_n_scenarios": 2},
+    "persona_projections": {"monitor_n_scenarios": 2},
 }
 
 
@@ -272,6 +274,7 @@ def test_every_method_is_evaluated_and_reported_with_lineage(with_adapters):
         ["inventory_scores", "psychometric_reliability", "trait_correlations", "reasoning_by_trait"]
     )
     materialize(["self_report_vs_behaviour", "dexperts_sweep"])
+    materialize(["steering_sweep", "persona_projections"])
     result = materialize(["big5_report"])
     warehouse = paths.warehouse_path(root)
     with duckdb.connect(str(warehouse), read_only=True) as con:
@@ -320,6 +323,17 @@ def test_every_method_is_evaluated_and_reported_with_lineage(with_adapters):
     for method, version in steered:
         assert version.startswith(f"{STEERING_METHODS[method]}:") and ":layer0:coef" in version
     assert "persona_vectors" in upstream_assets(warehouse, "inventory_scores")
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        sweep = con.execute("SELECT DISTINCT formula, alpha FROM steering_sweep").fetchall()
+        monitored = con.execute(
+            "SELECT method, count(*) FROM persona_projections GROUP BY 1"
+        ).fetchall()
+    # unsteered, grounded at the one sweep layer, prompted at the steering layer
+    assert sorted(sweep) == [("grounded@L0", 1.0), ("none", 0.0), ("prompted@L0", 1.0)]
+    # every condition's prompt on the first 2 evaluation scenarios (sft: two seeds)
+    assert dict(monitored) == {
+        m: 2 * (1 if m == "base" else 20 if m == "sft" else 10) for m in METHODS
+    }
 
     # the numbers trace back through the adapters and the dataset to the corpora
     upstream = upstream_assets(warehouse, "inventory_scores")
@@ -336,6 +350,7 @@ def test_every_method_is_evaluated_and_reported_with_lineage(with_adapters):
     assert 'src="http' not in page and "<link" not in page  # self-contained
     sections = ["signal_ledger", "findings", "dataset", "dexperts_sweep", "expressed"]
     sections += ["self_report", "inventory_scores", "correlations", "reasoning", "lineage"]
+    sections += ["steering"]
     for section in sections:
         assert f'id="{section}"' in page
     # the ledger opens, the findings follow, lineage closes

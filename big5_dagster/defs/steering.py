@@ -6,13 +6,16 @@ import pandas as pd
 
 from big5_dagster.config import Settings, SteeringSettings, with_defaults
 from big5_dagster.defs import artifacts
+from big5_dagster.defs.evaluation import condition_model, persona_vectors_for
 from big5_dagster.defs.factory import Stage, versioned_asset
 from big5_dagster.defs.tracking import Tracker, progress_logger
 from big5_dagster.lib.common.hashing import hash_file
 from big5_dagster.lib.dialogues import sweep
 from big5_dagster.lib.engine.likelihood import continuation_nll, perplexities
 from big5_dagster.lib.engine.sampling import SamplingParams
-from big5_dagster.lib.personality import steering_grid, trait_directions
+from big5_dagster.lib.engine.steering import last_prompt_states
+from big5_dagster.lib.personality import expressed, steering_grid, trait_directions
+from big5_dagster.lib.personality.conditions import by_model_change
 from big5_dagster.lib.report.plots import png_markdown, sweep_curves
 from big5_dagster.lib.traits import TRAITS
 from big5_dagster.resources.artifacts import ArtifactStore
@@ -158,4 +161,93 @@ def build(settings: Settings) -> Stage:
             },
         )
 
-    return Stage([persona_vectors, steering_sweep])
+    @versioned_asset(
+        settings,
+        deps=[
+            "persona_vectors",
+            "expressed_personality",
+            "evaluation_scenarios",
+            "big5_chat_dataset",
+            "sft_adapter",
+            "dpo_adapter",
+        ],
+        group_name="steering",
+        kinds={"pytorch", "duckdb"},
+        metadata={"warehouse_tables": ["persona_projections", "projection_correlations"]},
+    )
+    def persona_projections(
+        context: dg.AssetExecutionContext,
+        config: SteeringConfig,  # type: ignore[valid-type]
+        store: ArtifactStore,
+        warehouse: Warehouse,
+        model: ModelBackend,
+    ) -> dg.MaterializeResult:
+        """Monitoring, the persona vectors' other claim: for every method and condition with
+        expressed replies, the last prompt token's hidden state at the steering layer (under
+        the condition's adapter or vector) projected on each trait's grounded direction, and
+        per method and trait its Spearman correlation with the trait classifier's P(high) of
+        the reply written from that prompt."""
+        tracker = Tracker(context, warehouse, store)
+        if not warehouse.table_exists(expressed.REPLIES_TABLE):
+            raise FileNotFoundError("no expressed replies yet: materialize expressed_personality")
+        replies = warehouse.query(f"SELECT * FROM {expressed.REPLIES_TABLE}")
+        scenarios = pd.read_parquet(
+            artifacts.upstream_file(store, "evaluation_scenarios", "evaluation_scenarios.parquet")
+        )
+        first = scenarios.sort_values("scenario_id").head(config.monitor_n_scenarios)
+        vectors = artifacts.read_persona_vectors(store)
+        loaded = model.load()
+        frames = []
+        for method in replies.method.unique():
+            conditions, adapter_paths = artifacts.method_conditions(
+                store,
+                method,
+                settings.evaluation.n_demonstrations,
+                settings.evaluation.seed,
+                settings.dialogues.filter == "classifier",
+                steering=(config.layer, config.coef),
+            )
+            steering_vectors = persona_vectors_for(store, method)
+            for group in by_model_change(conditions):
+                with condition_model(loaded, group[0], adapter_paths, steering_vectors) as changed:
+                    for condition in group:
+                        prompts = [expressed.reply_messages(condition, o) for o in first.opener]
+                        states = last_prompt_states(changed, prompts, batch_size=config.batch_size)
+                        layer = vectors.layers.index(config.layer)
+                        projected = trait_directions.projections(
+                            states[:, layer], vectors, config.layer
+                        )
+                        frames.append(
+                            projected.assign(
+                                method=method,
+                                condition=condition.label,
+                                persona=condition.persona,
+                                scenario_id=first.scenario_id.to_numpy(),
+                            )
+                        )
+        projected = pd.concat(frames, ignore_index=True)
+        p_high = [c for c in replies.columns if c.startswith(expressed.P_HIGH)]
+        rows = projected.merge(
+            replies[["condition", "scenario_id", *p_high]], on=["condition", "scenario_id"]
+        )
+        correlations = trait_directions.projection_correlations(rows)
+        path = tracker.save_table(rows, "projections.parquet", table="persona_projections")
+        tracker.save_table(
+            correlations,
+            "correlations.parquet",
+            table="projection_correlations",
+            versioned=False,
+        )
+        return tracker.result(
+            rows=len(rows),
+            artifacts=[path],
+            model_ids={"base": loaded.model_id, "base_fingerprint": loaded.fingerprint},
+            metadata={
+                "layer": config.layer,
+                "correlations": dg.MetadataValue.md(
+                    correlations.round(3).to_markdown(index=False, missingval="not estimable")
+                ),
+            },
+        )
+
+    return Stage([persona_vectors, steering_sweep, persona_projections])

@@ -86,3 +86,43 @@ def compute_persona_vectors(
         typical_norm=torch.cat(norms).mean(0),
         n_scenarios=counts,
     )
+
+
+def projections(
+    states: torch.Tensor, vectors: PersonaVectors, layer: int, variant: str = "grounded"
+) -> pd.DataFrame:
+    """Each row's hidden state at ``layer`` ([rows, hidden]) projected onto every trait's unit
+    direction, in units of the layer's typical residual norm: columns proj_<trait>."""
+    scale = float(vectors.typical_norm[vectors.layers.index(layer)])
+    return pd.DataFrame(
+        {
+            f"proj_{trait}": (states @ vectors.direction(variant, trait, layer)).numpy() / scale
+            for trait in vectors.traits
+        }
+    )
+
+
+def projection_correlations(rows: pd.DataFrame, traits: Sequence[str] = TRAITS) -> pd.DataFrame:
+    """Per method and trait: the Spearman correlation, over the method's replies, of the
+    prompt's projection on the trait direction (proj_<trait>) with the classifier's P(high)
+    of the reply (p_high_<trait>), with its p-value and n. NaN (not estimable) when either
+    side is constant, e.g. the base model's replies under one prompt per scenario."""
+    from scipy.stats import spearmanr
+
+    out = []
+    for method, group in rows.groupby("method", sort=False):
+        for trait in traits:
+            x, y = group[f"proj_{trait}"], group[f"p_high_{trait}"]
+            constant = x.nunique() < 2 or y.nunique() < 2
+            r, p = (float("nan"), float("nan")) if constant else spearmanr(x, y)
+            out.append(
+                {
+                    "method": method,
+                    "trait": trait,
+                    "n": len(group),
+                    "spearman_r": float(r),
+                    "p_value": float(p),
+                    "mean_projection": float(x.mean()),
+                }
+            )
+    return pd.DataFrame(out)
