@@ -7,6 +7,7 @@ import pandas as pd
 from big5_dagster.config import Settings, SteeringSettings, with_defaults
 from big5_dagster.defs import artifacts
 from big5_dagster.defs.evaluation import condition_model, persona_vectors_for
+from big5_dagster.defs.expressed import EVALUATION_SCENARIOS, REPLIES_TABLE
 from big5_dagster.defs.factory import Stage, versioned_asset
 from big5_dagster.defs.tracking import Tracker, progress_logger
 from big5_dagster.lib.common.hashing import hash_file
@@ -188,11 +189,11 @@ def build(settings: Settings) -> Stage:
         per method and trait its Spearman correlation with the trait classifier's P(high) of
         the reply written from that prompt."""
         tracker = Tracker(context, warehouse, store)
-        if not warehouse.table_exists(expressed.REPLIES_TABLE):
+        if not warehouse.table_exists(REPLIES_TABLE):
             raise FileNotFoundError("no expressed replies yet: materialize expressed_personality")
-        replies = warehouse.query(f"SELECT * FROM {expressed.REPLIES_TABLE}")
+        replies = warehouse.query(f"SELECT * FROM {REPLIES_TABLE}")
         scenarios = pd.read_parquet(
-            artifacts.upstream_file(store, "evaluation_scenarios", "evaluation_scenarios.parquet")
+            artifacts.upstream_file(store, "evaluation_scenarios", EVALUATION_SCENARIOS)
         )
         first = scenarios.sort_values("scenario_id").head(config.monitor_n_scenarios)
         vectors = artifacts.read_persona_vectors(store)
