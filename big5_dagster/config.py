@@ -410,6 +410,30 @@ class AutomationSettings(Section):
     """Run big5_evaluation for sft/dpo when a new adapter is materialized."""
 
 
+class SteeringSettings(Section):
+    """Activation steering (persona_vectors, the steering_* methods, steering_sweep): a trait
+    direction added after one decoder layer, scaled to that layer's typical residual norm."""
+
+    layer: int = 15
+    """The decoder layer whose output is steered (0-based; not the last). From the sweep
+    (README, Activation steering)."""
+    coef: float = 0.1
+    """Added vector = sign(level) x coef x typical residual norm x unit direction. From the
+    sweep: at 0.5 and above the embedded model's replies lose fluency (perplexity x10+)."""
+    max_scenarios: int | None = 8
+    """Per trait, a seeded sample of at most this many train scenarios with a high and a low
+    reply (None: all) for the directions."""
+    batch_size: int = 16
+    seed: int = 42
+    sweep_layers: list[int] = [8, 15, 22]
+    sweep_coefs: list[float] = [0.1, 0.25]
+    """The grounded variant at every layer x coef; the prompted one at ``layer``."""
+    sweep_n_scenarios: int = 2
+    """The first this many test-split scenarios (by id) of the BIG5-CHAT dataset."""
+    monitor_n_scenarios: int = 8
+    """persona_projections: the first this many evaluation scenarios (by id) per condition."""
+
+
 class Settings(BaseModel):
     """The whole configuration of one profile."""
 
@@ -438,6 +462,7 @@ class Settings(BaseModel):
     expressed: ExpressedSettings = ExpressedSettings()
     reasoning: ReasoningSettings = ReasoningSettings()
     automation: AutomationSettings = AutomationSettings()
+    steering: SteeringSettings = SteeringSettings()
 
 
 @cache

@@ -12,7 +12,7 @@ from big5_dagster import paths
 from big5_dagster.config import load_settings
 from big5_dagster.definitions import build_definitions
 from big5_dagster.lib.engine import dexperts
-from big5_dagster.lib.personality.methods import METHODS
+from big5_dagster.lib.personality.methods import METHODS, STEERING_METHODS
 from big5_dagster.lib.traits import PERSONAS, TRAITS
 
 N_SCENARIOS = 6
@@ -49,6 +49,8 @@ SMALL = {
     "expressed_personality": EXPRESSED,
     "reasoning_tasks": {"n_social": 2, "n_commonsense": 2, "n_arithmetic": 2, "n_shots": 1},
     "reasoning_results": {"max_gen_toks": 4, "limit": 2, "n_demonstrations": 2},
+    "steering_sweep": {"sweep_layers": [0], "sweep_coefs": [1.0], "sweep_n_scenarios": 2},
+    "persona_projections": {"monitor_n_scenarios": 2},
 }
 
 
@@ -65,6 +67,15 @@ def built(tmp_path_factory, tiny_backend):
     root = tmp_path_factory.mktemp("dialogue_data")
     home = tmp_path_factory.mktemp("dialogue_home")
     settings = load_settings()
+    # The tiny random model has 2 decoder layers: layer 0 is the one steering layer.
+    # persona_projections rebuilds expressed_personality's conditions from the settings: 6
+    # scenarios leave fewer than the default 10 demonstrations per persona.
+    settings = settings.model_copy(
+        update={
+            "steering": settings.steering.model_copy(update={"layer": 0}),
+            "expressed": settings.expressed.model_copy(update={"n_demonstrations": 2}),
+        }
+    )
     defs = build_definitions(settings, root, resources={"model": tiny_backend})
     instance = dg.DagsterInstance.ephemeral(tempdir=str(home))
     assets = list(defs.assets) + list(defs.asset_checks)
@@ -260,13 +271,14 @@ def upstream_assets(warehouse: Path, asset: str) -> set[str]:
 def test_every_method_is_evaluated_and_reported_with_lineage(with_adapters):
     materialize, root = with_adapters["materialize"], with_adapters["root"]
     materialize(["personality_inventories", "reasoning_tasks"])
-    materialize(["evaluation_scenarios"])
+    materialize(["evaluation_scenarios", "persona_vectors"])
     for method in METHODS:
         materialize(["inventory_responses", "reasoning_results", "expressed_personality"], method)
     materialize(
         ["inventory_scores", "psychometric_reliability", "trait_correlations", "reasoning_by_trait"]
     )
     materialize(["self_report_vs_behaviour", "dexperts_sweep"])
+    materialize(["steering_sweep", "persona_projections"])
     result = materialize(["big5_report"])
     warehouse = paths.warehouse_path(root)
     with duckdb.connect(str(warehouse), read_only=True) as con:
@@ -298,7 +310,34 @@ def test_every_method_is_evaluated_and_reported_with_lineage(with_adapters):
     assert len(evaluation) == n_eval and not set(evaluation) & set(training)
     # base is read against every persona; each method reports all 10
     assert accuracy.groupby(["method", "adapter_seed"], dropna=False).size().eq(10).all()
-    assert set(verdicts.method) == {"prompt_description", "prompt_demonstrations", "sft", "dpo"}
+    assert set(verdicts.method) == {
+        "prompt_description",
+        "prompt_demonstrations",
+        "sft",
+        "dpo",
+        *STEERING_METHODS,
+    }
+    # steering: no instruction, and the vector version, layer and coef in every row
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        steered = con.execute(
+            "SELECT DISTINCT method, adapter_version FROM inventory_answers "
+            "WHERE method LIKE 'steering_%'"
+        ).fetchall()
+    assert sorted(m for m, _ in steered) == sorted(STEERING_METHODS)
+    for method, version in steered:
+        assert version.startswith(f"{STEERING_METHODS[method]}:") and ":layer0:coef" in version
+    assert "persona_vectors" in upstream_assets(warehouse, "inventory_scores")
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        sweep = con.execute("SELECT DISTINCT formula, alpha FROM steering_sweep").fetchall()
+        monitored = con.execute(
+            "SELECT method, count(*) FROM persona_projections GROUP BY 1"
+        ).fetchall()
+    # unsteered, grounded at the one sweep layer, prompted at the steering layer
+    assert sorted(sweep) == [("grounded@L0", 1.0), ("none", 0.0), ("prompted@L0", 1.0)]
+    # every condition's prompt on the first 2 evaluation scenarios (sft: two seeds)
+    assert dict(monitored) == {
+        m: 2 * (1 if m == "base" else 20 if m == "sft" else 10) for m in METHODS
+    }
 
     # the numbers trace back through the adapters and the dataset to the corpora
     upstream = upstream_assets(warehouse, "inventory_scores")
@@ -315,6 +354,7 @@ def test_every_method_is_evaluated_and_reported_with_lineage(with_adapters):
     assert 'src="http' not in page and "<link" not in page  # self-contained
     sections = ["signal_ledger", "findings", "dataset", "dexperts_sweep", "expressed"]
     sections += ["self_report", "inventory_scores", "correlations", "reasoning", "lineage"]
+    sections += ["steering"]
     for section in sections:
         assert f'id="{section}"' in page
     # the ledger opens, the findings follow, lineage closes

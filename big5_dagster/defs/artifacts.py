@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from big5_dagster.lib.common.hashing import hash_file
+from big5_dagster.lib.engine.steering import PersonaVectors
 from big5_dagster.lib.experts.classifier import load_classifier
 from big5_dagster.lib.experts.classifier_base import TraitClassifier
 from big5_dagster.lib.experts.records import ExpertRecord
 from big5_dagster.lib.personality.conditions import Condition, conditions_for
 from big5_dagster.lib.personality.inventory import Inventory, inventory_from_dict
-from big5_dagster.lib.personality.methods import ADAPTER_METHODS
+from big5_dagster.lib.personality.methods import ADAPTER_METHODS, STEERING_METHODS
 from big5_dagster.lib.training.adapter_sets import AdapterSet
 from big5_dagster.lib.training.examples import demonstrations_by_persona
 from big5_dagster.lib.traits import PERSONAS
@@ -35,6 +37,7 @@ SFT_EXAMPLES = "sft_examples.parquet"
 DPO_PAIRS = "pairs.parquet"
 TASK_MANIFEST = "manifest.json"
 ANSWERS_TABLE = "inventory_answers"
+PERSONA_VECTORS = "persona_vectors.safetensors"
 
 
 def upstream_file(
@@ -111,6 +114,14 @@ def read_adapter_set(store: ArtifactStore, asset: str) -> AdapterSet:
     return AdapterSet.read(store.asset_dir(asset))
 
 
+def persona_vectors_file(store: ArtifactStore) -> Path:
+    return upstream_file(store, "persona_vectors", PERSONA_VECTORS)
+
+
+def read_persona_vectors(store: ArtifactStore) -> PersonaVectors:
+    return PersonaVectors.load(persona_vectors_file(store))
+
+
 def read_answers(warehouse: Warehouse) -> pd.DataFrame:
     if not warehouse.table_exists(ANSWERS_TABLE):
         raise FileNotFoundError("no inventory answers yet: materialize inventory_responses first")
@@ -123,10 +134,13 @@ def method_conditions(
     n_demonstrations: int,
     seed: int,
     classifier_filter: bool = False,
+    steering: tuple[int, float] | None = None,
 ) -> tuple[list[Condition], dict[int, str]]:
     """The conditions of one method partition and, for sft/dpo, seed -> adapter folder.
-    The demonstrations come from the replies the training sets use (``classifier_filter``)."""
-    demonstrations, versions, paths = None, None, {}
+    The demonstrations come from the replies the training sets use (``classifier_filter``);
+    a steering method's conditions carry ``steering`` (layer, coef) and the persona vector
+    file's version."""
+    demonstrations, versions, paths, steered = None, None, {}, None
     if method == "prompt_demonstrations":
         demonstrations = demonstrations_by_persona(
             read_dataset(store), n_demonstrations, seed, classifier_filter
@@ -134,7 +148,16 @@ def method_conditions(
     if method in ADAPTER_METHODS:
         trained = read_adapter_set(store, f"{method}_adapter")
         versions, paths = trained.versions, trained.paths
+    if method in STEERING_METHODS:
+        if steering is None:
+            raise ValueError(f"method {method!r} needs the steering layer and coef")
+        steered = (int(steering[0]), float(steering[1]), hash_file(persona_vectors_file(store)))
     conditions = conditions_for(
-        method, PERSONAS, demonstrations, versions, n_demonstrations=n_demonstrations
+        method,
+        PERSONAS,
+        demonstrations,
+        versions,
+        n_demonstrations=n_demonstrations,
+        steering=steered,
     )
     return conditions, paths

@@ -1,6 +1,10 @@
 """Personality evaluation: inventories administered to every method and persona, scored
 honestly, with reliability and trait intercorrelations beside human data (METHOD.md 6)."""
 
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
 import dagster as dg
 import pandas as pd
 
@@ -9,11 +13,13 @@ from big5_dagster.defs import artifacts
 from big5_dagster.defs.factory import Stage, versioned_asset
 from big5_dagster.defs.tracking import Tracker, progress_logger
 from big5_dagster.lib.engine.adapters import with_adapter
+from big5_dagster.lib.engine.steering import PersonaVectors, steered
 from big5_dagster.lib.personality import analysis, answers, column_docs, human_reference
 from big5_dagster.lib.personality.administration import prompt_template_hash
-from big5_dagster.lib.personality.conditions import by_adapter
-from big5_dagster.lib.personality.methods import METHODS
+from big5_dagster.lib.personality.conditions import Condition, by_model_change
+from big5_dagster.lib.personality.methods import METHODS, STEERING_METHODS
 from big5_dagster.lib.report import figures
+from big5_dagster.lib.traits import Persona
 from big5_dagster.partitions import method_of, method_partitions
 from big5_dagster.resources.artifacts import ArtifactStore
 from big5_dagster.resources.model_backend import ModelBackend
@@ -54,13 +60,50 @@ def adapter_name(method: str, seed: int | None) -> str | None:
     return None if seed is None else f"{method}-seed{seed}"
 
 
+@contextlib.contextmanager
+def condition_model(
+    respondent: Any,
+    condition: Condition,
+    adapter_paths: Mapping[int, str],
+    vectors: PersonaVectors | None,
+) -> Iterator[Any]:
+    """The model as ``condition`` (and every condition of its by_model_change group) needs it:
+    its adapter attached, or its persona's vector added (steering), or as it is; undone after."""
+    if condition.steering is None:
+        seed = condition.adapter_seed
+        name, path = adapter_name(condition.method, seed), adapter_paths.get(seed)
+        with with_adapter(respondent, name, path) as model:
+            yield model
+        return
+    if vectors is None:
+        raise ValueError(f"{condition.label}: steering needs the persona vectors")
+    layer, coef, _ = condition.steering
+    persona = Persona.parse(condition.persona)
+    vector = vectors.steering_vector(
+        STEERING_METHODS[condition.method], persona.trait, persona.level, layer, coef
+    )
+    with steered(respondent, layer, vector) as model:
+        yield model
+
+
+def persona_vectors_for(store: ArtifactStore, method: str) -> PersonaVectors | None:
+    """The persona vectors a steering method adds (None for the other methods)."""
+    return artifacts.read_persona_vectors(store) if method in STEERING_METHODS else None
+
+
 def build(settings: Settings) -> Stage:
     EvaluationConfig = with_defaults(EvaluationSettings, settings.evaluation)
 
     @versioned_asset(
         settings,
         partitions_def=method_partitions,
-        deps=["personality_inventories", "big5_chat_dataset", "sft_adapter", "dpo_adapter"],
+        deps=[
+            "personality_inventories",
+            "big5_chat_dataset",
+            "sft_adapter",
+            "dpo_adapter",
+            "persona_vectors",
+        ],
         group_name="evaluation",
         kinds={"pytorch", "duckdb"},
         metadata={"warehouse_tables": [ANSWERS_TABLE]},
@@ -87,7 +130,9 @@ def build(settings: Settings) -> Stage:
             config.n_demonstrations,
             config.seed,
             settings.dialogues.filter == "classifier",
+            steering=(settings.steering.layer, settings.steering.coef),
         )
+        vectors = persona_vectors_for(store, method)
         common = dict(
             n_runs=config.n_runs,
             seed=config.seed,
@@ -108,12 +153,11 @@ def build(settings: Settings) -> Stage:
         )
         fresh = []
         report = progress_logger(context, f"{method} answers")
-        for seed, group in by_adapter(conditions).items():
-            name, path = adapter_name(method, seed), adapter_paths.get(seed)
-            with with_adapter(respondent, name, path) as condition_model:
+        for group in by_model_change(conditions):
+            with condition_model(respondent, group[0], adapter_paths, vectors) as changed:
                 fresh.append(
                     answers.administer(
-                        condition_model,
+                        changed,
                         group,
                         inventories,
                         **common,

@@ -6,16 +6,15 @@ import pandas as pd
 
 from big5_dagster.config import ExpressedSettings, Settings, with_defaults
 from big5_dagster.defs import artifacts
-from big5_dagster.defs.evaluation import adapter_name
+from big5_dagster.defs.evaluation import condition_model, persona_vectors_for
 from big5_dagster.defs.factory import Stage, versioned_asset
 from big5_dagster.defs.tracking import Tracker, progress_logger
 from big5_dagster.lib import prompts
 from big5_dagster.lib.corpora import scenario_source
 from big5_dagster.lib.dialogues.cleaning import clean_opener
-from big5_dagster.lib.engine.adapters import with_adapter
 from big5_dagster.lib.engine.sampling import SamplingParams
 from big5_dagster.lib.personality import expressed, self_report
-from big5_dagster.lib.personality.conditions import by_adapter
+from big5_dagster.lib.personality.conditions import by_model_change
 from big5_dagster.lib.report.plots import bar_chart, png_markdown
 from big5_dagster.partitions import method_of, method_partitions
 from big5_dagster.resources.artifacts import ArtifactStore
@@ -106,6 +105,7 @@ def build(settings: Settings) -> Stage:
             "big5_chat_dataset",
             "sft_adapter",
             "dpo_adapter",
+            "persona_vectors",
         ],
         group_name="evaluation",
         kinds={"pytorch", "duckdb"},
@@ -138,7 +138,9 @@ def build(settings: Settings) -> Stage:
             config.n_demonstrations,
             settings.evaluation.seed,
             settings.dialogues.filter == "classifier",
+            steering=(settings.steering.layer, settings.steering.coef),
         )
+        vectors = persona_vectors_for(store, method)
         sampling = SamplingParams(
             max_new_tokens=config.max_new_tokens,
             temperature=config.temperature,
@@ -155,12 +157,11 @@ def build(settings: Settings) -> Stage:
         person_y = scenarios.set_index("scenario_id").person_y.to_dict()
         fresh = []
         report = progress_logger(context, f"{method} conditions")
-        for seed, group in by_adapter(conditions).items():
-            name, path = adapter_name(method, seed), adapter_paths.get(seed)
-            with with_adapter(respondent, name, path) as condition_model:
+        for group in by_model_change(conditions):
+            with condition_model(respondent, group[0], adapter_paths, vectors) as changed:
                 fresh.append(
                     expressed.write_replies(
-                        condition_model,
+                        changed,
                         group,
                         plan,
                         sampling,

@@ -8,14 +8,13 @@ import pandas as pd
 
 from big5_dagster.config import ReasoningSettings, Settings, with_defaults
 from big5_dagster.defs import artifacts
-from big5_dagster.defs.evaluation import adapter_name
+from big5_dagster.defs.evaluation import condition_model, persona_vectors_for
 from big5_dagster.defs.factory import Stage, versioned_asset
 from big5_dagster.defs.tracking import Tracker
 from big5_dagster.lib.common.files import write_json
 from big5_dagster.lib.common.hashing import hash_json
-from big5_dagster.lib.engine.adapters import with_adapter
 from big5_dagster.lib.personality.administration import system_text
-from big5_dagster.lib.personality.conditions import by_adapter
+from big5_dagster.lib.personality.conditions import by_model_change
 from big5_dagster.lib.reasoning import analysis, harness, task_set, tasks
 from big5_dagster.lib.report import figures, plots
 from big5_dagster.partitions import method_of, method_partitions
@@ -86,7 +85,13 @@ def build(settings: Settings) -> Stage:
     @versioned_asset(
         settings,
         partitions_def=method_partitions,
-        deps=["reasoning_tasks", "big5_chat_dataset", "sft_adapter", "dpo_adapter"],
+        deps=[
+            "reasoning_tasks",
+            "big5_chat_dataset",
+            "sft_adapter",
+            "dpo_adapter",
+            "persona_vectors",
+        ],
         group_name="reasoning",
         kinds={"pytorch", "duckdb"},
         metadata={"warehouse_tables": ["reasoning_results", "reasoning_samples"]},
@@ -111,16 +116,17 @@ def build(settings: Settings) -> Stage:
             config.n_demonstrations,
             config.seed,
             settings.dialogues.filter == "classifier",
+            steering=(settings.steering.layer, settings.steering.coef),
         )
+        vectors = persona_vectors_for(store, method)
         results, samples = [], []
-        for seed, group in by_adapter(conditions).items():
-            name, path = adapter_name(method, seed), adapter_paths.get(seed)
-            with with_adapter(loaded, name, path) as condition_model:
+        for group in by_model_change(conditions):
+            with condition_model(loaded, group[0], adapter_paths, vectors) as changed:
                 for n, condition in enumerate(group):
                     context.log.info(f"{condition.label}: lm-eval ({n + 1}/{len(group)})")
                     result, sample = harness.run_reasoning(
-                        condition_model.model,
-                        condition_model.tokenizer,
+                        changed.model,
+                        changed.tokenizer,
                         benchmarks,
                         system_instruction=system_text(condition.system, condition.demonstrations),
                         apply_chat_template=config.apply_chat_template,
@@ -133,7 +139,7 @@ def build(settings: Settings) -> Stage:
                         "method": method,
                         "persona": condition.persona,
                         "adapter_seed": condition.adapter_seed,
-                        "adapter_version": condition.adapter_version,
+                        "adapter_version": condition.model_version,
                         "model_fingerprint": loaded.fingerprint,
                     }
                     results.append(result.assign(**provenance))

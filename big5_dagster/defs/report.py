@@ -39,6 +39,10 @@ REPORT_TABLES = (
     "reasoning_results",
     "reasoning_by_trait",
     "reasoning_direction_counts",
+    "persona_vector_norms",
+    "steering_sweep",
+    "steering_sweep_curve",
+    "projection_correlations",
 )
 REPORT_FILE = "report.html"
 
@@ -84,6 +88,9 @@ def build(settings: Settings) -> Stage:
             "trait_classifier",
             "trait_experts",
             "dexperts_sweep",
+            "persona_vectors",
+            "steering_sweep",
+            "persona_projections",
             "expressed_personality",
             "self_report_vs_behaviour",
             "sft_adapter",

@@ -130,13 +130,14 @@ def sweep_summary(replies: pd.DataFrame) -> pd.DataFrame:
     return table.drop(columns="_order").reset_index(drop=True)
 
 
-def sweep_curve(summary: pd.DataFrame) -> pd.DataFrame:
+def sweep_curve(summary: pd.DataFrame, formulas: Sequence[str] = FORMULAS) -> pd.DataFrame:
     """Per formula and alpha, over personas: mean target accuracy, how many personas pass
     (accuracy >= 0.75, p < 0.01), median perplexity, mean drift, distinct-2, words and
-    truncation. The alpha-0 row is repeated under every formula, as the start of its curve."""
+    truncation. The alpha-0 row is repeated under every formula, as the start of its curve.
+    ``formulas``: the curves to draw, in order (the steering sweep: one per variant/layer)."""
     plain = summary[summary.formula == PLAIN]
     parts = []
-    for formula in [f for f in FORMULAS if f in set(summary.formula)]:
+    for formula in [f for f in formulas if f in set(summary.formula)]:
         parts.append(
             pd.concat([plain.assign(formula=formula), summary[summary.formula == formula]])
         )

@@ -177,18 +177,19 @@ def scoring_code_hash() -> str:
 
 def cache_key(
     model_fingerprint: str,
-    adapter_version: str | None,
+    model_version: str | None,
     prompt_hash: str,
     scorer: str,
     scorer_settings: Mapping[str, Any],
     call_seed: int | None,
 ) -> str:
     """Content key of one answer: everything its value depends on (no call seed for a
-    deterministic scorer, whose answer does not depend on one)."""
+    deterministic scorer, whose answer does not depend on one). ``model_version``: what
+    changes the model (``Condition.model_version``: adapter weights or steering vector)."""
     return hash_json(
         {
             "model": model_fingerprint,
-            "adapter": adapter_version,
+            "adapter": model_version,
             "messages": prompt_hash,
             "scorer": scorer,
             "settings": dict(scorer_settings),
@@ -338,7 +339,7 @@ def answer_rows(
         frame["cache_key"] = [
             cache_key(
                 settings.model_fingerprint,
-                condition.adapter_version,
+                condition.model_version,
                 h,
                 scorer,
                 scorer_settings,
@@ -350,7 +351,7 @@ def answer_rows(
         frame["method"] = condition.method
         frame["persona"] = condition.persona
         frame["adapter_seed"] = condition.adapter_seed
-        frame["adapter_version"] = condition.adapter_version
+        frame["adapter_version"] = condition.model_version
         frame["model_fingerprint"] = settings.model_fingerprint
         frame["prompt_template_hash"] = template_hash
         frame["scorer"] = scorer

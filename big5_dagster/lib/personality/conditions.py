@@ -1,8 +1,9 @@
 """The conditions a method partition evaluates (METHOD.md section 6).
 
 A *condition* is one way of setting the model up: the base model, a prompting baseline
-(trait description, or 10 example replies) for one persona, or a LoRA adapter (SFT/DPO,
-one training seed) selected by the persona instruction it was trained with.
+(trait description, or 10 example replies) for one persona, a LoRA adapter (SFT/DPO,
+one training seed) selected by the persona instruction it was trained with, or a persona
+vector added to the residual stream (steering, no instruction).
 """
 
 from __future__ import annotations
@@ -14,7 +15,12 @@ from big5_dagster.lib.personality.administration import (
     item_messages,
 )
 from big5_dagster.lib.personality.inventory import Inventory
-from big5_dagster.lib.personality.methods import ADAPTER_METHODS, METHODS, NO_PERSONA
+from big5_dagster.lib.personality.methods import (
+    ADAPTER_METHODS,
+    METHODS,
+    NO_PERSONA,
+    STEERING_METHODS,
+)
 from big5_dagster.lib.prompts import persona_description, persona_instruction
 from big5_dagster.lib.traits import PERSONAS, Persona
 
@@ -31,6 +37,8 @@ class Condition:
     user meets it. ``demonstrations`` (the demonstration baseline) go into the system turn
     below ``system``. ``adapter_seed``/``adapter_version`` identify the LoRA adapter of an
     SFT/DPO condition (training seed, hash of the adapter weights); the caller attaches it.
+    ``steering`` is a steering condition's (layer, coef, persona vector file version): the
+    caller adds the persona's direction there (sign from its level) and gives no instruction.
     """
 
     method: str
@@ -39,6 +47,7 @@ class Condition:
     system: str | None = None
     demonstrations: tuple[str, ...] | None = None
     adapter_version: str | None = None
+    steering: tuple[int, float, str] | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -63,6 +72,14 @@ class Condition:
             self.adapter_seed is not None or self.adapter_version is not None
         ):
             raise ValueError(f"{self.label}: only sft/dpo conditions have an adapter")
+        is_steering = self.method in STEERING_METHODS
+        if is_steering and (self.steering is None or self.system is not None):
+            raise ValueError(
+                f"{self.label}: a steering condition needs steering (layer, coef, vector "
+                "version) and no system text"
+            )
+        if not is_steering and self.steering is not None:
+            raise ValueError(f"{self.label}: only steering conditions add a persona vector")
         if self.method == "prompt_demonstrations" and not self.demonstrations:
             raise ValueError(f"{self.label}: the demonstrations baseline needs demonstrations")
         if self.method != "prompt_demonstrations" and self.demonstrations is not None:
@@ -75,6 +92,15 @@ class Condition:
         if self.adapter_seed is not None:
             parts.append(f"seed{self.adapter_seed}")
         return "/".join(parts)
+
+    @property
+    def model_version(self) -> str | None:
+        """What the model is changed by, for cache keys and the rows' adapter_version: the
+        adapter weights hash (sft/dpo), the steering vector, layer and coef, or None."""
+        if self.steering is not None:
+            layer, coef, version = self.steering
+            return f"{STEERING_METHODS[self.method]}:{version}:layer{layer}:coef{coef:g}"
+        return self.adapter_version
 
     @property
     def adapter_identity(self) -> tuple[str, int | None, str | None]:
@@ -95,6 +121,7 @@ def conditions_for(
     adapter_seeds: Mapping[int, str] | None = None,
     *,
     n_demonstrations: int = N_DEMONSTRATIONS,
+    steering: tuple[int, float, str] | None = None,
 ) -> list[Condition]:
     """The conditions one method partition evaluates.
 
@@ -105,7 +132,9 @@ def conditions_for(
       replies from ``demonstrations_by_persona`` (persona key -> replies), exactly that many;
     - sft / dpo: per persona and adapter seed, system = ``persona_instruction(persona)`` (the
       instruction the adapters were trained with); ``adapter_seeds`` maps each training seed
-      to its adapter version (weights hash).
+      to its adapter version (weights hash);
+    - steering_*: per persona, no system turn (the vector replaces the instruction) and
+      ``steering`` = (layer, coef, persona vector version).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: expected one of {list(METHODS)}")
@@ -134,6 +163,10 @@ def conditions_for(
                 Condition(method=method, persona=p.key, demonstrations=tuple(replies))
             )
         return conditions
+    if method in STEERING_METHODS:
+        if steering is None:
+            raise ValueError(f"method {method!r} needs steering (layer, coef, vector version)")
+        return [Condition(method=method, persona=p.key, steering=steering) for p in personas]
     if not adapter_seeds:
         raise ValueError(
             f"method {method!r} needs adapter_seeds (training seed -> adapter version)"
@@ -151,9 +184,11 @@ def conditions_for(
     ]
 
 
-def by_adapter(conditions: Sequence[Condition]) -> dict[int | None, list[Condition]]:
-    """The conditions grouped by the adapter seed they need (None: no adapter), in order."""
-    groups: dict[int | None, list[Condition]] = {}
+def by_model_change(conditions: Sequence[Condition]) -> list[list[Condition]]:
+    """The conditions grouped by the change the model needs, in order: one group per adapter
+    seed (None: no adapter), and every steering condition on its own (its own vector)."""
+    groups: dict[tuple[int | None, str | None], list[Condition]] = {}
     for condition in conditions:
-        groups.setdefault(condition.adapter_seed, []).append(condition)
-    return groups
+        key = (condition.adapter_seed, condition.label if condition.steering else None)
+        groups.setdefault(key, []).append(condition)
+    return list(groups.values())

@@ -100,7 +100,7 @@ def plan_replies(
                     "cache_key": hash_json(
                         {
                             "model": model_fingerprint,
-                            "adapter": condition.adapter_version,
+                            "adapter": condition.model_version,
                             "messages": prompt_hash,
                             "sampling": settings_text,
                             "seed": seed,
@@ -110,7 +110,7 @@ def plan_replies(
                     "condition": condition.label,
                     "persona": condition.persona,
                     "adapter_seed": condition.adapter_seed,
-                    "adapter_version": condition.adapter_version,
+                    "adapter_version": condition.model_version,
                     "model_fingerprint": model_fingerprint,
                     "messages_hash": prompt_hash,
                     "scenario_id": scenario_id,

@@ -6,7 +6,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-METHODS: tuple[str, ...] = ("base", "prompt_description", "prompt_demonstrations", "sft", "dpo")
+STEERING_METHODS: dict[str, str] = {
+    "steering_grounded": "grounded",
+    "steering_prompted": "prompted",
+}
+"""Activation steering, one method per kind of persona vector (lib.engine.steering): the
+variant is the method, so every table that compares methods keeps the two apart."""
+METHODS: tuple[str, ...] = (
+    "base",
+    "prompt_description",
+    "prompt_demonstrations",
+    "sft",
+    "dpo",
+    *STEERING_METHODS,
+)
 ADAPTER_METHODS: tuple[str, ...] = ("sft", "dpo")
 NO_PERSONA = "none"
 SCORERS: tuple[str, ...] = ("logprob", "generate")

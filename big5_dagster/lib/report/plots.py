@@ -198,7 +198,9 @@ def png_markdown(png: bytes, alt: str) -> str:
     return f"![{alt}](data:image/png;base64,{encoded})"
 
 
-def sweep_curves(curve: pd.DataFrame, title: str = "DExperts sweep") -> bytes:
+def sweep_curves(
+    curve: pd.DataFrame, title: str = "DExperts sweep", xlabel: str = "alpha"
+) -> bytes:
     """Target accuracy (mean over personas, and the lowest persona dotted) and median
     perplexity against alpha, one colour per formula. Columns: formula, alpha,
     target_accuracy, min_target_accuracy, perplexity_median."""
@@ -212,10 +214,10 @@ def sweep_curves(curve: pd.DataFrame, title: str = "DExperts sweep") -> bytes:
         right.plot(rows.alpha, rows.perplexity_median, marker="o", label=formula)
     left.axhline(0.5, color="grey", linestyle="--", linewidth=1)
     left.axhline(0.75, color="grey", linestyle=":", linewidth=1)
-    left.set_xlabel("alpha")
+    left.set_xlabel(xlabel)
     left.set_ylabel("target-trait accuracy")
     left.set_title("accuracy (mean; dotted: lowest persona)", fontsize=9)
-    right.set_xlabel("alpha")
+    right.set_xlabel(xlabel)
     right.set_ylabel("perplexity under the base (median)")
     right.set_yscale("log")
     right.set_title("fluency", fontsize=9)

@@ -181,6 +181,44 @@ def _sweep(data: ReportData) -> Section:
     return section
 
 
+def _steering(data: ReportData) -> Section:
+    section = Section("steering", "Steering: persona vectors, the layer x coef sweep, monitoring")
+    found = section.require(
+        data, "persona_vector_norms", "steering_sweep_curve", "projection_correlations"
+    )
+    if found is None:
+        return section
+    norms, curve, correlations = found
+    section.text(
+        "Per trait and layer, two directions: grounded (mean hidden state over the high minus "
+        "the low BIG5-CHAT reply of the same train scenarios, no instruction) and prompted "
+        "(the same replies under the high minus the low persona instruction). The steered "
+        "model gets no instruction; sign x coef x the layer's typical residual norm x the unit "
+        "direction is added after the layer."
+    )
+    section.table(
+        norms.pivot_table(index="layer", columns="trait", values="cosine").reset_index(),
+        "cosine, grounded vs prompted",
+    )
+    section.image(
+        plots.sweep_curves(curve, "steering sweep", xlabel="coef (x typical residual norm)"),
+        "steering sweep curves",
+    )
+    section.table(curve, "sweep: mean over personas per variant@layer and coef (0: unsteered)")
+    section.text(
+        "Monitoring: the last prompt token's state at the steering layer projected on each "
+        "trait's grounded direction, and its Spearman correlation over a method's replies with "
+        "the classifier's P(high) of the reply."
+    )
+    constant = correlations.spearman_r.isna().map(lambda c: "one side constant" if c else None)
+    shown = correlations.assign(
+        spearman_r=with_reasons(correlations.spearman_r, constant),
+        p_value=with_reasons(correlations.p_value, constant, digits=3),
+    )
+    section.table(shown, "projection vs expressed trait, per method and trait")
+    return section
+
+
 def _expressed(data: ReportData) -> Section:
     section = Section("expressed", "Expressed personality: what each method writes")
     found = section.require(data, "expressed_accuracy")
@@ -591,6 +629,7 @@ BODY: tuple[SectionMaker, ...] = (
     _sweep,
     _dialogue_quality,
     _expressed,
+    _steering,
     _self_report,
     _inventory_scores,
     _separation,
