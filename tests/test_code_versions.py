@@ -84,13 +84,16 @@ def test_an_edit_to_the_sft_system_prompt_makes_sft_examples_stale(baseline, edi
     stale = changed(baseline, code_versions())
     assert "sft_examples" in stale
     # The prompt is the persona instruction of training and evaluation (inventories, reasoning,
-    # expressed personality), nothing else.
+    # expressed personality), of the prompted persona vectors and of the projections of the
+    # evaluation prompts, nothing else.
     assert stale == {
         "sft_examples",
         "dpo_preference_pairs",
         "inventory_responses",
         "reasoning_results",
         "expressed_personality",
+        "persona_vectors",
+        "persona_projections",
     }
 
 
