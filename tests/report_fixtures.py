@@ -11,10 +11,13 @@ from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
+import torch
 from test_signal import sweep_replies
 
 from big5_dagster.lib.dialogues.schema import FLAG_NAMES
 from big5_dagster.lib.dialogues.sweep import sweep_curve, sweep_summary
+from big5_dagster.lib.engine.steering import PersonaVectors
+from big5_dagster.lib.personality import trait_directions
 from big5_dagster.lib.personality.self_report import self_report_vs_behaviour
 from big5_dagster.lib.reasoning.analysis import reasoning_by_trait, trait_direction_counts
 from big5_dagster.lib.report.sections import ReportData
@@ -348,6 +351,44 @@ def expressed_separation() -> pd.DataFrame:
     )
 
 
+def persona_vector_norms() -> pd.DataFrame:
+    """A seeded set of persona vectors (2 layers, 8 dimensions) through its own summary."""
+    rng = np.random.default_rng(3)
+    vectors = PersonaVectors(
+        traits=tuple(TRAITS),
+        layers=(0, 1),
+        directions={
+            v: torch.tensor(rng.normal(size=(len(TRAITS), 2, 8)), dtype=torch.float32)
+            for v in ("grounded", "prompted")
+        },
+        typical_norm=torch.tensor([3.0, 5.0]),
+        n_scenarios=dict.fromkeys(TRAITS, 8),
+    )
+    return vectors.summary()
+
+
+def steering_sweep_curve() -> pd.DataFrame:
+    """The sweep fixture's curve under steering labels (coef in place of alpha)."""
+    curve = dexperts_sweep()[1]
+    return curve.assign(formula=curve.formula.replace({"paper": "grounded@L15"}))
+
+
+def projection_correlations() -> pd.DataFrame:
+    """Projections that track P(high) for sft and a base model with one prompt per scenario
+    (constant projections: not estimable)."""
+    rng = np.random.default_rng(4)
+    rows = []
+    for method in ("base", "sft"):
+        for i in range(12):
+            row = {"method": method}
+            for trait in TRAITS:
+                proj = 0.0 if method == "base" else float(i)
+                row[f"proj_{trait}"] = proj
+                row[f"p_high_{trait}"] = float(np.clip(0.05 * i + rng.normal(0, 0.05), 0, 1))
+            rows.append(row)
+    return trait_directions.projection_correlations(pd.DataFrame(rows))
+
+
 def report_data() -> ReportData:
     matrices, distances = trait_correlations()
     sweep = dexperts_sweep()
@@ -386,6 +427,9 @@ def report_data() -> ReportData:
             "expert_gate": expert_gate(),
             "dexperts_sweep": sweep[0],
             "dexperts_sweep_curve": sweep[1],
+            "persona_vector_norms": persona_vector_norms(),
+            "steering_sweep_curve": steering_sweep_curve(),
+            "projection_correlations": projection_correlations(),
             "expressed_accuracy": expressed_accuracy(),
             "expressed_separation": expressed_separation(),
             "self_report_vs_behaviour": self_report_vs_behaviour(

@@ -52,7 +52,10 @@ def test_findings_are_computed_from_the_run_tables(built):
     assert "its 95% interval is above 0 on 3 of them" in text
     assert "sft: no high-low difference distinguishable from 0" in text
     assert "closest to the human matrix under prompt_description" in text
-    assert "Not evaluated in this run: prompt_demonstrations, dpo." in text
+    assert (
+        "Not evaluated in this run: prompt_demonstrations, dpo, steering_grounded, "
+        "steering_prompted." in text
+    )
     assert "sft and dpo were trained with one seed" in text
     assert "Cronbach's alpha is not estimable for 30 of 60" in text
 
