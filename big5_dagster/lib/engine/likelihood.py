@@ -12,7 +12,7 @@ import torch
 from big5_dagster.lib.engine.chat import render_chat
 from big5_dagster.lib.engine.generation import batches_by_length
 from big5_dagster.lib.engine.loading import LoadedModel
-from big5_dagster.lib.engine.scoring import left_padded
+from big5_dagster.lib.engine.scoring import left_padded_forward
 from big5_dagster.lib.engine.types import Conversation
 
 
@@ -33,7 +33,7 @@ def continuation_nll(
     """
     if len(prompts) != len(continuations):
         raise ValueError(f"got {len(prompts)} prompts for {len(continuations)} continuations")
-    tokenizer, model = loaded.tokenizer, loaded.model
+    tokenizer = loaded.tokenizer
     texts = [
         p if isinstance(p, str) else render_chat(tokenizer, p, index=i)
         for i, p in enumerate(prompts)
@@ -47,21 +47,14 @@ def continuation_nll(
     scored = [i for i in range(len(texts)) if counts[i]]
     for batch in batches_by_length([len(prompt_ids[i]) + counts[i] for i in scored], batch_size):
         rows = [scored[k] for k in batch]
-        ids, mask = left_padded(
-            [prompt_ids[i] + reply_ids[i] for i in rows], tokenizer.pad_token_id
-        )
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        logits = model(
-            input_ids=ids.to(loaded.device),
-            attention_mask=mask.to(loaded.device),
-            position_ids=positions.to(loaded.device),
-        ).logits.float()
-        width = ids.shape[1]
+        sequences = [prompt_ids[i] + reply_ids[i] for i in rows]
+        logits = left_padded_forward(loaded, sequences).logits.float()
+        width = max(len(seq) for seq in sequences)
         for row, index in enumerate(rows):
             n = int(counts[index])
             # The token at position t is predicted by the logits at t - 1.
             scores = logits[row, width - n - 1 : width - 1].log_softmax(dim=-1)
-            targets = ids[row, width - n :].to(scores.device)
+            targets = torch.tensor(reply_ids[index], dtype=torch.long, device=scores.device)
             nll[index] = float(-scores.gather(1, targets[:, None]).mean())
     return nll, counts
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,6 +89,19 @@ def left_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tenso
         ids[k, width - len(row) :] = torch.tensor(row, dtype=torch.long)
         mask[k, width - len(row) :] = 1
     return ids, mask
+
+
+def left_padded_forward(loaded: LoadedModel, rows: Sequence[Sequence[int]], **kwargs: Any) -> Any:
+    """One forward of token rows padded on the left, with positions counted from each row's
+    first real token (so padding does not shift them); ``kwargs`` go to the model."""
+    ids, mask = left_padded(rows, loaded.tokenizer.pad_token_id)
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    return loaded.model(
+        input_ids=ids.to(loaded.device),
+        attention_mask=mask.to(loaded.device),
+        position_ids=positions.to(loaded.device),
+        **kwargs,
+    )
 
 
 @torch.inference_mode()

@@ -32,7 +32,7 @@ from big5_dagster.lib.common.files import atomic_file
 from big5_dagster.lib.engine.chat import render_chat
 from big5_dagster.lib.engine.generation import batches_by_length
 from big5_dagster.lib.engine.loading import LoadedModel
-from big5_dagster.lib.engine.scoring import left_padded
+from big5_dagster.lib.engine.scoring import left_padded_forward
 from big5_dagster.lib.engine.types import Conversation
 
 VARIANTS: tuple[str, ...] = ("grounded", "prompted")
@@ -130,15 +130,8 @@ def reply_states(
     norms = torch.zeros(len(replies), len(layers))
     lengths = [len(p) + len(r) for p, r in zip(prompt_ids, reply_ids, strict=True)]
     for batch in batches_by_length(lengths, batch_size):
-        ids, mask = left_padded(
-            [prompt_ids[i] + reply_ids[i] for i in batch], tokenizer.pad_token_id
-        )
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        hidden = model(
-            input_ids=ids.to(loaded.device),
-            attention_mask=mask.to(loaded.device),
-            position_ids=positions.to(loaded.device),
-            output_hidden_states=True,
+        hidden = left_padded_forward(
+            loaded, [prompt_ids[i] + reply_ids[i] for i in batch], output_hidden_states=True
         ).hidden_states
         stacked = torch.stack([hidden[layer + 1] for layer in layers], dim=1).float().cpu()
         for row, index in enumerate(batch):
@@ -162,13 +155,8 @@ def last_prompt_states(
     ]
     out = torch.zeros(len(prompts), len(layers), model.config.hidden_size)
     for batch in batches_by_length([len(r) for r in ids_list], batch_size):
-        ids, mask = left_padded([ids_list[i] for i in batch], tokenizer.pad_token_id)
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        hidden = model(
-            input_ids=ids.to(loaded.device),
-            attention_mask=mask.to(loaded.device),
-            position_ids=positions.to(loaded.device),
-            output_hidden_states=True,
+        hidden = left_padded_forward(
+            loaded, [ids_list[i] for i in batch], output_hidden_states=True
         ).hidden_states
         for row, index in enumerate(batch):
             out[index] = torch.stack([hidden[layer + 1][row, -1] for layer in layers]).float()
