@@ -568,3 +568,141 @@ def test_row_masks_cover_plain_lora_on_linear_layers_only(tiny):
         peft_model = get_peft_model(copy.deepcopy(tiny.model), config)
         assert RowMaskedLora.supports(peft_model, [BASE_ADAPTER, "default"]) is covered
     assert not RowMaskedLora.supports(tiny.model, [BASE_ADAPTER])  # not a PeftModel
+
+
+# --- personas of several traits in one batch ---------------------------------------------------
+
+
+def _saved_random_adapters(model, folder, seeds: dict[str, int]) -> dict[str, object]:
+    folders = {}
+    for name, seed in seeds.items():
+        with random_lora_adapter(model, seed=seed, adapter_name=name) as peft_model:
+            peft_model.save_pretrained(folder)
+            folders[name] = folder / name
+    return folders
+
+
+@pytest.mark.parametrize("formula", ["paper", "dexperts"])
+def test_an_adapter_per_request_equals_one_call_per_adapter(tiny, requests_, tmp_path, formula):
+    """Rows with different experts (and anti-experts) in one batch: each row gets exactly its
+    own adapters, so the tokens are those of one call per adapter pair."""
+    folders = _saved_random_adapters(tiny.model, tmp_path, {"a": 3, "b": 4, "c": 5})
+    params = DExpertsParams(formula=formula, alpha=1.5, warmup_tokens=1)
+    experts, anti = ["a", "b", "a"], ["c", "a", "b"]
+    with lora_adapter(tiny.model, folders) as peft_model:
+        mixed = generate_dexperts(
+            peft_model,
+            tiny.tokenizer,
+            requests_,
+            params,
+            GREEDY,
+            expert=experts,
+            anti_expert=anti,
+            batch_size=3,
+        )
+        singles = [
+            generate_dexperts(
+                peft_model, tiny.tokenizer, [r], params, GREEDY, expert=e, anti_expert=a
+            )[0]
+            for r, e, a in zip(requests_, experts, anti, strict=True)
+        ]
+        uniform = generate_dexperts(
+            peft_model, tiny.tokenizer, requests_, params, GREEDY, expert="a", anti_expert="c"
+        )
+        with pytest.raises(ValueError, match="2 adapters for 3 requests"):
+            generate_dexperts(
+                peft_model, tiny.tokenizer, requests_, params, GREEDY, expert=["a", "b"]
+            )
+        with pytest.raises(ValueError, match="no adapter named 'z'"):
+            generate_dexperts(
+                peft_model, tiny.tokenizer, requests_, params, GREEDY, expert=["a", "z", "a"]
+            )
+    assert token_lists(mixed) == token_lists(singles)
+    assert token_lists(mixed) != token_lists(uniform)  # the per-row adapters mattered
+
+
+def test_sweep_decodes_all_personas_in_one_batch_as_persona_by_persona(tiny, tmp_path, monkeypatch):
+    """The DExperts sweep batches every persona of a setting into one call when the experts
+    are LoRA adapters on the base (all traits' adapters attached at once); greedy, its
+    replies are token for token those of one call per persona with only that trait's
+    experts attached, so each persona got its own expert and anti-expert."""
+    import pandas as pd
+
+    from big5_dagster.lib.dialogues import sweep
+    from big5_dagster.lib.engine import dexperts
+    from big5_dagster.lib.experts.records import ExpertRecord, expert_names
+    from big5_dagster.lib.prompts import reply_messages
+
+    records = {}
+    for i, trait in enumerate(("openness", "extraversion")):
+        folder = tmp_path / trait
+        _saved_random_adapters(tiny.model, folder, {"expert-high": 10 + i, "expert-low": 20 + i})
+        records[trait] = ExpertRecord(
+            trait=trait,
+            mode="lora",
+            adapters="per_level",
+            experts=expert_names("per_level"),
+            base_model="tiny",
+            base_fingerprint=tiny.fingerprint,
+            data_version="v",
+            folder=folder,
+            system_prompt="",
+        )
+    scenarios = [{**SCENARIO, "scenario_id": f"s{i}"} for i in range(2)]
+    openers = {"s0": OPENERS[0], "s1": OPENERS[1]}
+    personas = [Persona(t, lv) for t in records for lv in ("high", "low")]
+    grid = sweep.sweep_grid([0.0, 2.0], ["paper", "dexperts"])
+    calls = []
+    real = dexperts.generate_dexperts
+    monkeypatch.setattr(
+        dexperts, "generate_dexperts", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k)
+    )
+    replies = sweep.sweep_replies(
+        tiny,
+        records,
+        pd.DataFrame(scenarios),
+        openers,
+        grid,
+        GREEDY,
+        warmup_tokens=1,
+        expert_path="auto",
+        personas=personas,
+    )
+    assert calls == [8, 8]  # one call per steered setting: 4 personas x 2 scenarios
+    assert len(replies) == 3 * 8
+    got = replies.set_index(["formula", "persona", "scenario_id"]).raw_reply
+
+    for persona in personas:
+        folder = records[persona.trait].folder
+        plain = generate_chat(
+            tiny, [reply_messages(r, openers[r["scenario_id"]], persona) for r in scenarios], GREEDY
+        )
+        for r, result in zip(scenarios, plain, strict=True):
+            assert got[("none", persona.key, r["scenario_id"])] == result.text
+        adapters = {name: folder / name for name in ("expert-high", "expert-low")}
+        with lora_adapter(tiny.model, adapters) as peft_model:
+            for formula in ("paper", "dexperts"):
+                classic = formula == "dexperts"
+                requests = [
+                    reply_request(
+                        r,
+                        openers[r["scenario_id"]],
+                        persona,
+                        expert_system_prompt="",
+                        classic=classic,
+                    )
+                    for r in scenarios
+                ]
+                expected = real(
+                    peft_model,
+                    tiny.tokenizer,
+                    requests,
+                    DExpertsParams(formula=formula, alpha=2.0, warmup_tokens=1),
+                    GREEDY,
+                    expert=f"expert-{persona.level}",
+                    anti_expert=f"expert-{persona.opposite.level}" if classic else None,
+                )
+                for r, result in zip(scenarios, expected, strict=True):
+                    assert got[(formula, persona.key, r["scenario_id"])] == result.text
+    steered = replies[replies.formula == "paper"].raw_reply
+    assert steered.nunique() > 2  # the personas' experts differ, so do their replies

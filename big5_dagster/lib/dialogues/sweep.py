@@ -24,7 +24,7 @@ from big5_dagster.lib.engine.dexperts import FORMULAS, DExpertsParams
 from big5_dagster.lib.engine.generation import GenerationResult, generate_chat
 from big5_dagster.lib.engine.loading import LoadedModel
 from big5_dagster.lib.engine.sampling import SamplingParams
-from big5_dagster.lib.experts.decoding import expert_for_decoding
+from big5_dagster.lib.experts.decoding import decoding_group, persona_batches
 from big5_dagster.lib.experts.records import ExpertRecord
 from big5_dagster.lib.prompts import reply_messages
 from big5_dagster.lib.traits import PERSONAS, TRAITS, Persona
@@ -177,68 +177,70 @@ def sweep_replies(
     """Every persona's reply to every scenario at every (formula, alpha) of ``grid``.
 
     alpha 0 (``PLAIN``) is plain generation from the role-play prompt; the other settings
-    steer it with the persona's trait experts (``records``: trait -> expert record). Every
-    setting of a persona samples with the same seed, so settings differ only in the steering.
-    Rows: formula, alpha, persona, trait, level, scenario_id, raw_reply, reply, n_new_tokens,
-    finish_reason.
+    steer it with the persona's trait experts (``records``: trait -> expert record). All
+    personas share one batch per setting where the experts are LoRA adapters on the base
+    (``experts.decoding.persona_batches``), else each persona is a batch of its own. Within
+    a batch, reply i (persona-major) samples from the same seeded stream in every setting,
+    so settings differ only in the steering. Rows: formula, alpha, persona,
+    trait, level, scenario_id, raw_reply, reply, n_new_tokens, finish_reason.
     """
     rows = scenarios.to_dict("records")
-    frames, done, total = [], 0, len(personas) * len(grid)
-    for persona in personas:
-        record = records[persona.trait]
-        steered = [(f, a) for f, a in grid if f != PLAIN]
+    steered = [(f, a) for f, a in grid if f != PLAIN]
+    batches = persona_batches(loaded, records, personas, expert_path)
+    by_setting: dict[tuple[str, float], list[pd.DataFrame]] = {s: [] for s in grid}
+    done, total = 0, len(batches) * len(grid)
+
+    def advance() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    for batch in batches:
+        jobs = [(persona, r) for persona in batch for r in rows]
         if len(steered) < len(grid):
             results = generate_chat(
                 loaded,
-                [reply_messages(r, openers[r["scenario_id"]], persona) for r in rows],
+                [reply_messages(r, openers[r["scenario_id"]], p) for p, r in jobs],
                 sampling,
-                batch_size=len(rows),
+                batch_size=len(jobs),
             )
-            frames.append(_reply_rows(rows, results, persona, PLAIN, 0.0))
-            done += 1
-            if progress is not None:
-                progress(done, total)
+            by_setting[(PLAIN, 0.0)].append(_reply_rows(jobs, results, PLAIN, 0.0))
+            advance()
         if not steered:
             continue
-        with expert_for_decoding(loaded, record, persona, expert_path) as (
-            decoder,
-            expert,
-            anti_expert,
-            _,
-        ):
+        with decoding_group(loaded, records, batch, expert_path) as group:
+            expert, anti_expert = group.expert_arguments([p for p, _ in jobs])
             for formula, alpha in steered:
                 classic = formula == "dexperts"
                 requests = [
                     reply_request(
                         r,
                         openers[r["scenario_id"]],
-                        persona,
-                        expert_system_prompt=record.system_prompt,
+                        p,
+                        expert_system_prompt=records[p.trait].system_prompt,
                         classic=classic,
                     )
-                    for r in rows
+                    for p, r in jobs
                 ]
                 results = dexperts.generate_dexperts(
-                    decoder,
+                    group.decoder,
                     loaded.tokenizer,
                     requests,
                     DExpertsParams(formula=formula, alpha=alpha, warmup_tokens=warmup_tokens),
                     sampling,
                     expert=expert,
                     anti_expert=anti_expert if classic else None,
-                    batch_size=len(rows),
+                    batch_size=len(requests),
                 )
-                frames.append(_reply_rows(rows, results, persona, formula, alpha))
-                done += 1
-                if progress is not None:
-                    progress(done, total)
-    return pd.concat(frames, ignore_index=True)
+                by_setting[(formula, alpha)].append(_reply_rows(jobs, results, formula, alpha))
+                advance()
+    return pd.concat([f for s in grid for f in by_setting[s]], ignore_index=True)
 
 
 def _reply_rows(
-    rows: Sequence[Mapping[str, Any]],
+    jobs: Sequence[tuple[Persona, Mapping[str, Any]]],
     results: Sequence[GenerationResult],
-    persona: Persona,
     formula: str,
     alpha: float,
 ) -> pd.DataFrame:
@@ -246,13 +248,13 @@ def _reply_rows(
         {
             "formula": formula,
             "alpha": float(alpha),
-            "persona": persona.key,
-            "trait": persona.trait,
-            "level": persona.level,
-            "scenario_id": [r["scenario_id"] for r in rows],
+            "persona": [p.key for p, _ in jobs],
+            "trait": [p.trait for p, _ in jobs],
+            "level": [p.level for p, _ in jobs],
+            "scenario_id": [r["scenario_id"] for _, r in jobs],
             "raw_reply": [x.text for x in results],
             "reply": [
-                clean_reply(x.text, r["person_y"]) for x, r in zip(results, rows, strict=True)
+                clean_reply(x.text, r["person_y"]) for x, (_, r) in zip(results, jobs, strict=True)
             ],
             "n_new_tokens": [x.n_new_tokens for x in results],
             "finish_reason": [x.finish_reason for x in results],

@@ -159,62 +159,75 @@ class _Plan:
 
     path: ExpertPath
     expert_model: Any | None
-    adapter_name: str | None
+    adapter_names: tuple[str, ...] | None
+    """batched_lora: the expert adapter of each request."""
     anti_model: Any | None = None
     """two_models: a separate anti-expert model (else the expert runs the anti prompts)."""
-    anti_adapter_name: str | None = None
-    """batched_lora: the anti-expert's own adapter (else the expert's adapter)."""
+    anti_adapter_names: tuple[str, ...] | None = None
+    """batched_lora: the anti-expert adapter of each request (else the expert's adapter)."""
+
+
+Adapters = str | Sequence[str]
+"""One adapter name for every request, or one per request (personas of several traits in
+one batch: every adapter is attached, each row runs its own)."""
+
+
+def _adapter_names(
+    model: PreTrainedModel | PeftModel, names: Adapters, n_requests: int, what: str
+) -> tuple[str, ...]:
+    per_request = (names,) * n_requests if isinstance(names, str) else tuple(names)
+    if len(per_request) != n_requests:
+        raise ValueError(
+            f"{what} names {len(per_request)} adapters for {n_requests} requests: give one "
+            "name, or one per request"
+        )
+    if not isinstance(model, PeftModel):
+        raise ValueError(
+            f"{what}={per_request[0]!r} names a LoRA adapter, so the model must be a peft "
+            f"PeftModel holding it; got {type(model).__name__} (attach one with lora_adapter())"
+        )
+    available = sorted(model.peft_config)
+    missing = sorted(set(per_request) - set(available))
+    if missing:
+        raise ValueError(
+            f"the model holds no adapter named {missing[0]!r}; its adapters are {available}"
+        )
+    return per_request
 
 
 def _plan(
     model: PreTrainedModel | PeftModel,
-    expert: str | PreTrainedModel,
-    anti_expert: str | PreTrainedModel | None = None,
+    expert: Adapters | PreTrainedModel,
+    anti_expert: Adapters | PreTrainedModel | None,
+    n_requests: int,
 ) -> _Plan:
-    plan = _expert_plan(model, expert)
+    if isinstance(expert, (str, list, tuple)):
+        plan = _Plan("batched_lora", None, _adapter_names(model, expert, n_requests, "expert"))
+    elif expert is model:
+        plan = _Plan("shared_weights", None, None)
+    elif callable(getattr(expert, "forward", None)):
+        plan = _Plan("two_models", expert, None)
+    else:
+        raise TypeError(
+            f"expert must be an adapter name or a causal LM, got {type(expert).__name__}"
+        )
     if anti_expert is None:
         return plan
-    if isinstance(anti_expert, str):
+    if isinstance(anti_expert, (str, list, tuple)):
         if plan.path != "batched_lora":
             raise ValueError(
                 f"anti_expert={anti_expert!r} names a LoRA adapter, so expert must name one too"
             )
-        if anti_expert not in model.peft_config:
-            raise ValueError(
-                f"the model holds no adapter named {anti_expert!r}; its adapters are "
-                f"{sorted(model.peft_config)}"
-            )
-        return _Plan(plan.path, None, plan.adapter_name, anti_adapter_name=anti_expert)
+        anti = _adapter_names(model, anti_expert, n_requests, "anti_expert")
+        return _Plan(plan.path, None, plan.adapter_names, anti_adapter_names=anti)
     if plan.path != "two_models":
         raise ValueError("a separate anti-expert model needs a separate expert model too")
     return _Plan(plan.path, plan.expert_model, None, anti_model=anti_expert)
 
 
-def _expert_plan(model: PreTrainedModel | PeftModel, expert: str | PreTrainedModel) -> _Plan:
-    if isinstance(expert, str):
-        if not isinstance(model, PeftModel):
-            raise ValueError(
-                f"expert={expert!r} names a LoRA adapter, so the model must be a peft PeftModel "
-                f"holding it; got {type(model).__name__} (attach one with lora_adapter())"
-            )
-        available = sorted(model.peft_config)
-        if expert not in available:
-            raise ValueError(
-                f"the model holds no adapter named {expert!r}; its adapters are {available}"
-            )
-        return _Plan("batched_lora", None, expert)
-    if expert is model:
-        return _Plan("shared_weights", None, None)
-    if not callable(getattr(expert, "forward", None)):
-        raise TypeError(
-            f"expert must be an adapter name or a causal LM, got {type(expert).__name__}"
-        )
-    return _Plan("two_models", expert, None)
-
-
 def expert_path_of(model: PreTrainedModel | PeftModel, expert: str | PreTrainedModel) -> ExpertPath:
     """Which execution path :func:`generate_dexperts` takes for this model and expert."""
-    return _plan(model, expert).path
+    return _plan(model, expert, None, 1).path
 
 
 def _tokenize(
@@ -238,8 +251,8 @@ def generate_dexperts(
     params: DExpertsParams,
     sampling: SamplingParams,
     *,
-    expert: str | PreTrainedModel,
-    anti_expert: str | PreTrainedModel | None = None,
+    expert: Adapters | PreTrainedModel,
+    anti_expert: Adapters | PreTrainedModel | None = None,
     batch_size: int = 8,
     progress: ProgressCallback | None = None,
     base_logits_processors: Sequence[LogitsProcessor] = (),
@@ -248,13 +261,14 @@ def generate_dexperts(
 ) -> list[GenerationResult]:
     """Generate one reply per request with DExperts steering, in input order.
 
-    ``expert`` selects the path: an adapter name (``model`` is a peft PeftModel holding it:
-    batched LoRA path); ``model`` itself (expert = the base weights with the expert's prompt:
-    batched); or a separate causal LM sharing the tokenizer (two-model path, the expert runs
+    ``expert`` selects the path: an adapter name, or one per request (``model`` is a peft
+    PeftModel holding them: batched LoRA path, each row with its own adapter); ``model``
+    itself (expert = the base weights with the expert's prompt: batched); or a separate causal LM sharing the tokenizer (two-model path, the expert runs
     as it is, with its active adapter if it is a PeftModel). When ``model`` is a PeftModel its
     base rows always run without adapters (peft's ``"__base__"``). ``anti_expert`` (classic
-    formula) is by default the expert itself with the anti-expert prompt; an adapter name or
-    a separate model gives the anti-expert weights of its own (e.g. one adapter per level).
+    formula) is by default the expert itself with the anti-expert prompt; an adapter name (or
+    one per request) or a separate model gives the anti-expert weights of its own (e.g. one
+    adapter per level).
 
     Per step: ``base_logits_processors`` run on the base logits (e.g. masks), then the
     combination (:func:`combine_logits`; -inf stays -inf), then repetition penalty,
@@ -271,7 +285,7 @@ def generate_dexperts(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not requests:
         return []
-    plan = _plan(model, expert, anti_expert)
+    plan = _plan(model, expert, anti_expert, len(requests))
     classic = params.formula == "dexperts"
     base_ids, expert_ids, anti_ids = [], [], []
     for i, request in enumerate(requests):
@@ -300,6 +314,7 @@ def generate_dexperts(
         decoded = _decode_batch(
             model,
             plan,
+            batch,
             [base_ids[i] for i in batch],
             [expert_ids[i] for i in batch],
             [anti_ids[i] for i in batch] if classic else None,
@@ -323,6 +338,7 @@ def generate_dexperts(
 def _decode_batch(
     model: Any,
     plan: _Plan,
+    batch: list[int],
     base_ids: list[list[int]],
     expert_ids: list[list[int]],
     anti_ids: list[list[int]] | None,
@@ -335,7 +351,8 @@ def _decode_batch(
     base_processors: LogitsProcessorList,
     post_processors: LogitsProcessorList,
 ) -> list[Any]:
-    """The decoded rows of one batch (``kv_decode.Decoded``), in order."""
+    """The decoded rows of one batch (``kv_decode.Decoded``), in order; ``batch`` holds the
+    requests' indices (for their adapters)."""
     n = len(base_ids)
     expert_groups = [expert_ids] if anti_ids is None else [expert_ids, anti_ids]
     groups = 1 + len(expert_groups)  # row blocks: base, expert[, anti-expert]
@@ -366,10 +383,11 @@ def _decode_batch(
     else:
         adapter_names = None
         if plan.path == "batched_lora":
-            anti_name = plan.anti_adapter_name or plan.adapter_name
-            adapter_names = [BASE_ADAPTER] * n + [plan.adapter_name] * n
+            experts = [plan.adapter_names[i] for i in batch]
+            anti = plan.anti_adapter_names or plan.adapter_names
+            adapter_names = [BASE_ADAPTER] * n + experts
             if anti_ids is not None:
-                adapter_names += [anti_name] * n
+                adapter_names += [anti[i] for i in batch]
         elif base_is_peft:  # shared weights: the expert is the base with its own prompt
             adapter_names = [BASE_ADAPTER] * (n + len(expert_rows))
         streams = [(stream(model, [*base_ids, *expert_rows], adapter_names), groups)]

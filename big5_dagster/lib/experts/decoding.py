@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import pandas as pd
 
@@ -124,3 +125,97 @@ def expert_for_decoding(
     models = load_expert_models(record, device=str(loaded.device))
     anti = models[opposite] if models[opposite] is not models[level] else None
     yield loaded.model, models[level], anti, "two_models"
+
+
+@dataclass(frozen=True)
+class DecodingGroup:
+    """Personas whose DExperts replies can be decoded in one batch, with their experts."""
+
+    personas: tuple[Persona, ...]
+    decoder: object
+    """The model to decode with (the base, with every group's LoRA expert attached)."""
+    path: str
+    experts: Mapping[str, object]
+    """Persona key -> the expert (adapter name, or a separate model)."""
+    anti_experts: Mapping[str, object | None]
+    """Persona key -> the anti-expert with weights of its own, or None."""
+
+    def expert_arguments(self, personas: Sequence[Persona]) -> tuple[object, object | None]:
+        """generate_dexperts' ``expert`` and ``anti_expert`` for requests of these personas
+        (one per request): adapter names per request on the batched path, else the one
+        persona's models."""
+        if self.path != "batched_lora":
+            (key,) = {p.key for p in personas}
+            return self.experts[key], self.anti_experts[key]
+        experts = [self.experts[p.key] for p in personas]
+        # Without weights of its own the anti-expert is the expert with the opposite prompt.
+        anti = [self.anti_experts[p.key] or self.experts[p.key] for p in personas]
+        return experts, anti
+
+
+def persona_batches(
+    loaded: LoadedModel,
+    records: Mapping[str, ExpertRecord],
+    personas: Sequence[Persona],
+    expert_path: str,
+) -> list[tuple[Persona, ...]]:
+    """The personas whose DExperts replies can share a batch: all of them when every expert
+    is a LoRA adapter on the pipeline's own base model (and the path allows it), else one
+    persona per batch (separate expert models)."""
+    lora = all(records[p.trait].is_lora_on(loaded.fingerprint) for p in personas)
+    if lora and expert_path in ("auto", "batched_lora"):
+        return [tuple(personas)]
+    return [(p,) for p in personas]
+
+
+@contextlib.contextmanager
+def decoding_group(
+    loaded: LoadedModel,
+    records: Mapping[str, ExpertRecord],
+    personas: Sequence[Persona],
+    expert_path: str,
+) -> Iterator[DecodingGroup]:
+    """The experts of ``personas`` (one of :func:`persona_batches`) ready for DExperts
+    decoding in this block: every trait's LoRA adapters attached at once (named
+    ``<trait>-<folder>``), or one persona's experts from :func:`expert_for_decoding`."""
+    if len(personas) == 1:
+        (persona,) = personas
+        with expert_for_decoding(loaded, records[persona.trait], persona, expert_path) as (
+            decoder,
+            expert,
+            anti_expert,
+            path,
+        ):
+            yield DecodingGroup(
+                (persona,),
+                decoder,
+                path,
+                experts={persona.key: expert},
+                anti_experts={persona.key: anti_expert},
+            )
+        return
+    if persona_batches(loaded, records, personas, expert_path) != [tuple(personas)]:
+        raise ValueError(
+            "personas decode in one batch only when every expert is a LoRA adapter on the "
+            f"pipeline's base model and dialogues.expert_path allows it (it is {expert_path!r})"
+        )
+    traits = sorted({p.trait for p in personas})
+    adapters = {
+        f"{trait}-{name}": records[trait].folder / name
+        for trait in traits
+        for name in records[trait].folder_names
+    }
+
+    def adapter(persona: Persona, level: str | None) -> str | None:
+        return f"{persona.trait}-{records[persona.trait].experts[level]}" if level else None
+
+    with lora_adapter(loaded.model, adapters) as peft_model:
+        yield DecodingGroup(
+            tuple(personas),
+            peft_model,
+            "batched_lora",
+            experts={p.key: adapter(p, p.level) for p in personas},
+            anti_experts={
+                p.key: adapter(p, records[p.trait].anti_expert_level(p)) for p in personas
+            },
+        )
