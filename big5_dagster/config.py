@@ -215,9 +215,12 @@ ClassifierSettings = section_from_spec(
 class DialogueSettings(Section):
     """DExperts generation of PersonY's replies (METHOD.md section 4)."""
 
-    formula: Literal["paper", "dexperts"] = "paper"
-    """paper: base + alpha * expert after a warm-up; dexperts: base + alpha * (expert - anti-expert)."""
-    alpha: float = 0.5
+    formula: Literal["paper", "dexperts"] = "dexperts"
+    """paper: base + alpha * expert after a warm-up; dexperts: base + alpha * (expert - anti-expert).
+    The tiny default is read off the dexperts_sweep curve of the embedded model (README): the
+    classic formula at alpha 1 wrote every persona's level, the paper's formula at 0.5 none
+    better than plain role-play. The paper profile keeps the paper's formula and alpha."""
+    alpha: float = 1.0
     warmup_tokens: int = 5
     """paper formula: the first tokens come from the base alone."""
     expert_path: Literal["auto", "batched_lora", "two_models"] = "auto"
