@@ -74,7 +74,7 @@ def build(settings: Settings) -> Stage:
             sampling,
             warmup_tokens=settings.dialogues.warmup_tokens,
             expert_path=settings.dialogues.expert_path,
-            progress=progress_logger(context, "sweep settings x personas"),
+            progress=progress_logger(context, "sweep settings"),
         )
         by_id = scenarios.set_index("scenario_id")
         prompts = [
