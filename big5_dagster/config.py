@@ -274,12 +274,18 @@ class TrainingSettings(LoraFields):
 
     seeds: list[int] = [42]
     """One adapter per seed, so downstream results can carry confidence intervals."""
+    lora_layers: int | None = 10
+    """tiny: LoRA on the top 10 of SmolLM2's 30 layers, as the experts: the frozen lower
+    layers keep no activations for the backward pass. With the batch below, DPO's peak
+    memory fell from 7.0 to 2.9 GB and SFT's to 2.8 GB (README, "What the demo costs").
+    The paper profile adapts every layer."""
     learning_rate: float = 2e-4
     epochs: float = 1.0
     warmup_steps: int = 2
     lr_scheduler: str = "cosine"
-    batch_size: int = 8
-    gradient_accumulation_steps: int = 1
+    batch_size: int = 4
+    gradient_accumulation_steps: int = 2
+    """Effective batch 8 (the optimizer steps as before) at half the activation memory."""
     max_length: int = 192
     validation_fraction: float = 0.1
     """Share of the train scenarios held out for validation (the paper: 10%)."""
