@@ -27,6 +27,10 @@ def test_paper_profile_uses_the_hub_and_llama():
     assert settings.scenarios.hub_dataset == "allenai/soda"
     assert settings.scenarios.n_scenarios == 10000
     assert "Llama-3" in settings.model.base_model
+    # Llama-3-70B has 80 decoder layers: the steering sweep spans its depth (SmolLM2's
+    # shallow tiny layers would probe only its first tenth) and the default is in the sweep.
+    assert max(settings.steering.sweep_layers) >= 40 and max(settings.steering.sweep_layers) < 79
+    assert settings.steering.layer in settings.steering.sweep_layers
 
 
 def test_environment_selects_profile_and_custom_file(monkeypatch, tmp_path):
