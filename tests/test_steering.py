@@ -242,3 +242,53 @@ def test_the_sweep_steers_every_persona_and_shares_the_plain_reply(varied):
     high = replies[(replies.formula == "grounded@L0") & (replies.persona == "openness_high")]
     low = replies[(replies.formula == "grounded@L0") & (replies.persona == "openness_low")]
     assert high.raw_reply.tolist() != low.raw_reply.tolist()  # the sign reaches generation
+
+
+def test_the_batched_sweep_gives_each_persona_what_its_own_call_gives(varied):
+    """A setting's personas decode as one batch with a vector per row: every reply must be
+    the one a steered call for that persona alone writes (same vector, same seed), sampled
+    and greedy. A row steered with its neighbour's vector, or merged with an identical
+    prompt of another persona, changes the tokens."""
+    from big5_dagster.lib.personality.steering_grid import steering_sweep_replies
+    from big5_dagster.lib.traits import PERSONAS
+
+    vectors = compute_persona_vectors(
+        varied, dialogues(), max_scenarios=None, seed=0, traits=("openness", "extraversion")
+    )
+    scenarios = pd.DataFrame(
+        {"scenario_id": ["t1", "t2"], "opener": ["Hi there.", "What now?"], "person_y": ["Ann"] * 2}
+    )
+    personas = [p for p in PERSONAS if p.trait in ("openness", "extraversion")]
+    conversations = [[{"role": "user", "content": o}] for o in scenarios.opener]
+    sampled = SamplingParams(max_new_tokens=8, temperature=1.0, top_p=0.9, seed=3)
+    for params in (GREEDY, sampled):
+        # batch 3: the chunks cut across personas and scenarios
+        replies = steering_sweep_replies(
+            varied,
+            vectors,
+            scenarios,
+            [("grounded", 0, 4.0)],
+            params,
+            batch_size=3,
+            personas=personas,
+        )
+        steered_rows = replies[replies.formula == "grounded@L0"]
+        distinct = set()
+        for persona in personas:
+            vector = vectors.steering_vector("grounded", persona.trait, persona.level, 0, 4.0)
+            with steered(varied, 0, vector):
+                alone = generate_chat(varied, conversations, params, batch_size=2)
+            batched = steered_rows[steered_rows.persona == persona.key].raw_reply.tolist()
+            assert batched == [r.text for r in alone], persona.key
+            distinct.add(tuple(batched))
+        assert len(distinct) > 1  # the personas' vectors really differ in what they write
+
+
+def test_per_row_vectors_refuse_a_batch_of_another_size(varied):
+    vectors = torch.zeros(3, hidden(varied))
+    with (
+        pytest.raises(ValueError, match="for 3 rows but layer 0 got a batch of"),
+        steered(varied, 0, vectors),
+    ):
+        generate_chat(varied, PROMPTS, GREEDY, batch_size=2)
+    assert steering_hooks(decoder_layers(varied.model)[0]) == 0

@@ -116,8 +116,8 @@ def build(settings: Settings) -> Stage:
             scenarios,
             grid,
             sampling,
-            batch_size=config.batch_size,
-            progress=progress_logger(context, "steering settings x personas"),
+            batch_size=settings.expressed.batch_size,
+            progress=progress_logger(context, "steering settings"),
         )
         prompts = [[{"role": "user", "content": o}] for o in replies.opener]
         nll, n_tokens = continuation_nll(loaded, prompts, replies.reply.tolist())

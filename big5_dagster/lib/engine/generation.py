@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -119,6 +120,43 @@ def generate_from_text(
         if progress is not None:
             progress(done, len(prompts))
     return [r for r in results if r is not None]
+
+
+@torch.inference_mode()
+def generate_in_row_order(
+    loaded: LoadedModel,
+    prompts: Sequence[str],
+    params: SamplingParams,
+    *,
+    seeds: Sequence[int],
+) -> list[GenerationResult]:
+    """Continue rendered prompts as one batch whose rows keep their input order through the
+    whole decode: no shared-prefix prefill, no merging of identical prompts, no dropping of
+    finished rows. For a forward hook that acts on each row of the batch (one persona's
+    steering vector per row). ``seeds``: each row's sampling seed; a row draws exactly what
+    it would draw in ``generate_from_text`` under the same seed and prompt."""
+    if len(seeds) != len(prompts):
+        raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
+    if not prompts:
+        return []
+    tokenizer, model = loaded.tokenizer, loaded.model
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    for i, ids in enumerate(encoded):
+        if not ids:
+            raise ValueError(f"prompt {i} is empty")
+    decoded = decode_rows(
+        model,
+        encoded,
+        max_new_tokens=params.max_new_tokens,
+        eos_ids=eos_token_ids(model, tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        sampler=CandidateSampler.for_params(params, list(seeds)) if params.do_sample else None,
+        processors=repetition_penalties(params),
+        share_prefix=False,
+        compact_fraction=math.inf,
+        distinct_rows=True,
+    )
+    return [generation_result(tokenizer, d) for d in decoded]
 
 
 def generation_result(tokenizer: PreTrainedTokenizerBase, decoded: Decoded) -> GenerationResult:

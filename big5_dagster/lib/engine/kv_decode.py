@@ -152,7 +152,8 @@ class DecodeStream:
     """One model's batched incremental decode: left-padded prompts, then one token per step.
 
     ``prefix``: a cached prefix every prompt starts with (and extends by at least one token);
-    only the suffixes are prefilled. ``adapter_names``: a peft adapter per row (peft's
+    only the suffixes are prefilled. Identical prompts (with the same adapter) are prefilled
+    once and copied, unless ``distinct_rows``. ``adapter_names``: a peft adapter per row (peft's
     ``"__base__"`` for none); plain LoRA runs as :class:`RowMaskedLora` (every adapter on
     every row, each row's delta masked in), other adapter kinds through peft's mixed-batch
     forward. The attention mask is allocated once for the whole generation and sliced each
@@ -168,6 +169,7 @@ class DecodeStream:
         max_new_tokens: int,
         adapter_names: Sequence[str] | None = None,
         prefix: PrefixCache | None = None,
+        distinct_rows: bool = False,
     ) -> None:
         if not prompt_ids:
             raise ValueError("DecodeStream needs at least one prompt")
@@ -184,11 +186,16 @@ class DecodeStream:
         if any(not s for s in suffixes):
             raise ValueError("every prompt needs at least one token")
         self.adapter_names = list(adapter_names) if adapter_names is not None else None
+        # Rows with the same adapter and prompt are prefilled once, unless every row must
+        # stay its own (a per-row forward hook sees the batch's rows).
         keys = [
-            (self.adapter_names[row] if self.adapter_names else None, suffix)
+            (
+                row if distinct_rows else self.adapter_names[row] if self.adapter_names else None,
+                suffix,
+            )
             for row, suffix in enumerate(suffixes)
         ]
-        first_row: dict[tuple[str | None, tuple[int, ...]], int] = {}
+        first_row: dict[tuple[int | str | None, tuple[int, ...]], int] = {}
         for row, key in enumerate(keys):
             first_row.setdefault(key, row)
         self._unique_rows = list(first_row.values())
@@ -409,6 +416,7 @@ def decode_rows(
     prefix: PrefixCache | None = None,
     share_prefix: bool = True,
     compact_fraction: float = 0.25,
+    distinct_rows: bool = False,
 ) -> list[Decoded]:
     """Decode one batch of prompts (token ids) with one model; each row's new tokens, in order.
 
@@ -416,6 +424,7 @@ def decode_rows(
     (None: greedy). ``prefix``: a cached prefix every prompt extends; else, with
     ``share_prefix``, the batch's longest common prefix is computed once (batch 1) and copied
     to its rows. ``on_prefill(logits)`` receives the raw next-token logits after each prompt.
+    ``distinct_rows``: no identical prompts merged in the prefill (see :class:`DecodeStream`).
     """
     if not prompt_ids:
         return []
@@ -430,6 +439,7 @@ def decode_rows(
         pad_token_id=pad_token_id,
         max_new_tokens=max_new_tokens,
         prefix=prefix,
+        distinct_rows=distinct_rows,
     )
     processor_list = LogitsProcessorList(processors)
 

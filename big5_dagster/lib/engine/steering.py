@@ -69,19 +69,33 @@ def _check_layer(model: Any, layer: int) -> None:
 
 @contextlib.contextmanager
 def added_to_layer(model: Any, layer: int, vector: torch.Tensor) -> Iterator[None]:
-    """``vector`` added to the output hidden states of decoder layer ``layer`` in this block.
+    """``vector`` added to the output hidden states of decoder layer ``layer`` in this block:
+    one [hidden] vector at every row and position, or one per batch row ([rows, hidden]; every
+    forward in the block must then have exactly that many rows, in that order).
 
     The hook is removed on exit, also when the block raised, so no call leaks into the next.
     """
     _check_layer(model, layer)
     target = decoder_layers(model)[layer]
-    added = vector.detach().reshape(-1)
+    if vector.dim() not in (1, 2):
+        raise ValueError(
+            f"a steering vector is [hidden] or [rows, hidden], got {list(vector.shape)}"
+        )
+    added = vector.detach()[:, None, :] if vector.dim() == 2 else vector.detach()
+
+    def shifted(hidden: torch.Tensor) -> torch.Tensor:
+        if added.dim() == 3 and hidden.shape[0] != added.shape[0]:
+            raise ValueError(
+                f"the steering vectors are for {added.shape[0]} rows but layer {layer} got a "
+                f"batch of {hidden.shape[0]}: per-row steering needs the rows kept in order "
+                "(engine.generation.generate_in_row_order)"
+            )
+        return hidden + added.to(hidden.device, hidden.dtype)
 
     def hook(module: Any, args: Any, output: Any) -> Any:
         if isinstance(output, tuple):
-            hidden = output[0]
-            return (hidden + added.to(hidden.device, hidden.dtype), *output[1:])
-        return output + added.to(output.device, output.dtype)
+            return (shifted(output[0]), *output[1:])
+        return shifted(output)
 
     handle = target.register_forward_hook(hook)
     try:

@@ -13,12 +13,18 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 
 from big5_dagster.lib.dialogues.cleaning import clean_reply
 from big5_dagster.lib.dialogues.sweep import PLAIN
-from big5_dagster.lib.engine.generation import GenerationResult, generate_chat
+from big5_dagster.lib.engine.chat import render_chat
+from big5_dagster.lib.engine.generation import (
+    GenerationResult,
+    generate_chat,
+    generate_in_row_order,
+)
 from big5_dagster.lib.engine.loading import LoadedModel
-from big5_dagster.lib.engine.sampling import SamplingParams
+from big5_dagster.lib.engine.sampling import SamplingParams, row_seeds
 from big5_dagster.lib.engine.steering import PersonaVectors, steered
 from big5_dagster.lib.traits import PERSONAS, Persona
 
@@ -86,23 +92,47 @@ def steering_sweep_replies(
 ) -> pd.DataFrame:
     """Every persona's replies to ``scenarios`` (scenario_id, opener, person_y) with no
     instruction, unsteered and at every setting of ``grid``; the same sampling seeds per
-    scenario in every setting (common random numbers)."""
+    scenario in every setting and persona (common random numbers).
+
+    A setting's personas decode together: the rows are scenario x persona, each with its
+    persona's vector (``generate_in_row_order``), ``batch_size`` rows a batch, each row
+    seeded as in a call for its persona alone. ``progress(done, total)`` counts
+    settings."""
     conversations = [[{"role": "user", "content": o}] for o in scenarios.opener]
     plain = generate_chat(loaded, conversations, sampling, batch_size=batch_size)
     parts = [_rows(scenarios, plain, p, PLAIN, 0.0, None) for p in personas]
-    total = len(grid) * len(personas)
-    done = 0
-    for variant, layer, coef in grid:
-        for persona in personas:
-            vector = vectors.steering_vector(variant, persona.trait, persona.level, layer, coef)
-            with steered(loaded, layer, vector):
-                results = generate_chat(loaded, conversations, sampling, batch_size=batch_size)
+    prompts = [render_chat(loaded.tokenizer, c, index=i) for i, c in enumerate(conversations)]
+    n = len(prompts)
+    rows = [(persona, i) for persona in personas for i in range(n)]
+    seeds = row_seeds(sampling.seed, n)
+    for done, (variant, layer, coef) in enumerate(grid, start=1):
+        vector_of = {
+            p.key: vectors.steering_vector(variant, p.trait, p.level, layer, coef) for p in personas
+        }
+        results: list[GenerationResult] = []
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            per_row = torch.stack([vector_of[persona.key] for persona, _ in chunk])
+            with steered(loaded, layer, per_row):
+                results += generate_in_row_order(
+                    loaded,
+                    [prompts[i] for _, i in chunk],
+                    sampling,
+                    seeds=[seeds[i] for _, i in chunk],
+                )
+        for k, persona in enumerate(personas):
             parts.append(
-                _rows(scenarios, results, persona, setting_label(variant, layer), coef, layer)
+                _rows(
+                    scenarios,
+                    results[k * n : (k + 1) * n],
+                    persona,
+                    setting_label(variant, layer),
+                    coef,
+                    layer,
+                )
             )
-            done += 1
-            if progress is not None:
-                progress(done, total)
+        if progress is not None:
+            progress(done, len(grid))
     return pd.concat(parts, ignore_index=True)
 
 
