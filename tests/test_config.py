@@ -56,6 +56,23 @@ def test_wrong_value_names_the_field_and_allowed_values():
     assert "twitter" in message
 
 
+def test_mirrored_dpo_pairs_need_an_even_optimizer_step():
+    # a couple split across two optimizer steps would no longer cancel its content preference
+    odd = {
+        "training": {
+            "dpo_pair_order": "mirrored",
+            "batch_size": 3,
+            "gradient_accumulation_steps": 1,
+        }
+    }
+    with pytest.raises(SettingsError, match="must be even, got 3"):
+        settings_from_mapping(odd, source="my.yaml")
+    odd["training"]["dpo_pair_order"] = "shuffled"
+    assert settings_from_mapping(odd, source="my.yaml").training.batch_size == 3
+    odd["training"] |= {"dpo_pair_order": "mirrored", "gradient_accumulation_steps": 2}
+    assert settings_from_mapping(odd, source="my.yaml").training.dpo_pair_order == "mirrored"
+
+
 def test_unknown_fields_and_profiles_are_rejected(tmp_path):
     with pytest.raises(SettingsError, match="scenarios.n_scenario"):
         settings_from_mapping({"scenarios": {"n_scenario": 3}})

@@ -321,3 +321,24 @@ def test_progress_lines_can_report_about_n_steps_and_always_the_last():
     steps = [int(line.split()[3].split("/")[0]) for line in lines[1:]]
     assert lines[0] == "trait classifier: training for 103 steps"
     assert steps == [*range(5, 101, 5), 103]  # every 103 // 20 = 5 steps, and the last
+
+
+def test_unshuffled_dpo_trains_its_pairs_in_the_given_order(tiny_model_dir: Path, tmp_path: Path):
+    """Mirrored couples only share an optimizer step if the trainer keeps the row order."""
+    from big5_dagster.lib.training.dpo import make_dpo_trainer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+
+    def first_batch_items(shuffle: bool) -> list[str]:
+        spec = dataclasses.replace(DPO_SPEC, shuffle=shuffle)
+        trainer = make_dpo_trainer(
+            tiny_model_dir, dpo_pairs(16), lora=LoraSpec(), spec=spec,
+            work_dir=tmp_path / f"work-{shuffle}", device="cpu",
+        )  # fmt: skip
+        batch = next(iter(trainer.get_train_dataloader()))
+        texts = tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)
+        # trl stacks each pair's chosen and rejected rows: one item per pair, in batch order
+        return list(dict.fromkeys(t.split("item ")[1].split(".")[0] for t in texts))
+
+    assert first_batch_items(shuffle=False) == ["0", "1", "2", "3"]
+    assert first_batch_items(shuffle=True) != ["0", "1", "2", "3"]

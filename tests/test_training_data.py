@@ -5,6 +5,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from big5_dagster.lib.training.examples import dpo_pairs, sft_examples, training_split
+from big5_dagster.lib.training.pair_order import mirrored_couples
 from big5_dagster.lib.traits import PERSONAS
 
 
@@ -72,6 +73,27 @@ def test_dpo_pairs_oppose_levels_and_drop_flagged_sides(tokenizer):
     assert (pairs.chosen != pairs.rejected).all()
     sft, sft_dropped = sft_examples(data, tokenizer, 0.2, 1)
     assert sft_dropped["refusal"] == 1 and len(sft) == 59
+
+
+def test_mirrored_couples_put_each_pair_beside_its_swapped_twin(tokenizer):
+    data = dataset()
+    data.loc[data.record_id == "s2/openness_low", "refusal"] = True  # no openness couple in s2
+    pairs, _ = dpo_pairs(data, tokenizer, validation_fraction=0.2, seed=1)
+    train = pairs[pairs.split == "train"].sample(frac=1, random_state=0)  # any input order
+    ordered = mirrored_couples(train, cap=None, seed=7)
+    assert len(ordered) == len(train) and set(ordered.pair_id) == set(train.pair_id)
+    for k in range(0, len(ordered), 2):
+        a, b = ordered.iloc[k], ordered.iloc[k + 1]
+        # the same scenario and trait, the other level: the same two replies swapped
+        assert (a.scenario_id, a.trait) == (b.scenario_id, b.trait) and a.level != b.level
+        assert (a.chosen, a.rejected) == (b.rejected, b.chosen)
+    # the couples' order is seeded and does not depend on the input order
+    assert (
+        ordered.pair_id.tolist() == mirrored_couples(train.sort_index(), None, 7).pair_id.tolist()
+    )
+    assert ordered.pair_id.tolist() != mirrored_couples(train, None, 8).pair_id.tolist()
+    capped = mirrored_couples(train, cap=7, seed=7)  # an odd cap keeps whole couples
+    assert capped.pair_id.tolist() == ordered.pair_id.tolist()[:6]
 
 
 def test_demonstrations_come_from_unflagged_train_replies():

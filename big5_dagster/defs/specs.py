@@ -52,8 +52,12 @@ def sft_train_spec(config: TrainingSettings, seed: int) -> TrainSpec:
 
 
 def dpo_train_spec(config: TrainingSettings, seed: int) -> TrainSpec:
-    """The SFT schedule plus DPO's beta."""
-    return dataclasses.replace(sft_train_spec(config, seed), beta=config.dpo_beta)
+    """The SFT schedule plus DPO's beta; mirrored couples train in their given order."""
+    return dataclasses.replace(
+        sft_train_spec(config, seed),
+        beta=config.dpo_beta,
+        shuffle=config.dpo_pair_order == "shuffled",
+    )
 
 
 def classifier_spec(config) -> ClassifierSpec:  # noqa: ANN001 - a ClassifierSettings

@@ -14,7 +14,7 @@ from big5_dagster.defs.tracking import Tracker
 from big5_dagster.lib.common.files import write_json
 from big5_dagster.lib.common.hashing import hash_weights
 from big5_dagster.lib.report import figures, plots
-from big5_dagster.lib.training import dpo, examples, sft
+from big5_dagster.lib.training import dpo, examples, pair_order, sft
 from big5_dagster.lib.training.adapter_sets import AdapterSet, TrainedAdapter
 from big5_dagster.lib.training.specs import TrainingReport, reward_row
 from big5_dagster.resources.artifacts import ArtifactStore
@@ -29,6 +29,13 @@ def seeded_sample(frame: pd.DataFrame, cap: int | None, seed: int) -> pd.DataFra
     if cap is None or len(frame) <= cap:
         return frame.reset_index(drop=True)
     return frame.sample(n=cap, random_state=seed).reset_index(drop=True)
+
+
+def training_pairs(train: pd.DataFrame, config: TrainingSettings, seed: int) -> pd.DataFrame:
+    """The DPO training pairs in training order (``training.dpo_pair_order``)."""
+    if config.dpo_pair_order == "mirrored":
+        return pair_order.mirrored_couples(train, config.max_dpo_pairs, seed)
+    return seeded_sample(train, config.max_dpo_pairs, seed)
 
 
 def train_adapters(
@@ -253,7 +260,7 @@ def build(settings: Settings) -> Stage:
         def train_one(base_path: str, seed: int, output: Path, work: Path) -> TrainingReport:
             return dpo.train_dpo(
                 base_path,
-                seeded_sample(pairs[pairs.split == "train"], config.max_dpo_pairs, seed)[columns],
+                training_pairs(pairs[pairs.split == "train"], config, seed)[columns],
                 output_dir=output,
                 lora=specs.lora_spec(config),
                 spec=specs.dpo_train_spec(config, seed),

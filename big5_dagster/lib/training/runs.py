@@ -77,6 +77,7 @@ def training_arguments(spec: TrainSpec, work_dir: Path, target: str) -> dict[str
         "max_length": spec.max_length,
         "seed": spec.seed,
         "data_seed": spec.seed,
+        "train_sampling_strategy": "random" if spec.shuffle else "sequential",
         "save_strategy": "steps",
         "save_steps": spec.save_steps,
         # Two kept: when the newest was cut off mid-write the one before still resumes.

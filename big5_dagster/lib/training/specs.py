@@ -134,6 +134,9 @@ class TrainSpec:
     """Checkpoint every this many optimizer steps (resume point after an interruption)."""
     beta: float = 0.1
     """DPO only: the KL strength of the sigmoid loss."""
+    shuffle: bool = True
+    """Shuffle the training rows each epoch (False: train in the given order, e.g. DPO's
+    mirrored couples, which must share an optimizer step)."""
 
     def __post_init__(self) -> None:
         checks = {
