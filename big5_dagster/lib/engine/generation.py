@@ -46,6 +46,16 @@ def batches_by_length(lengths: Sequence[int], batch_size: int) -> list[list[int]
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def encode_rendered(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> list[list[int]]:
+    """Token ids of rendered prompts (their special tokens are in the text already); an empty
+    prompt is an error naming its index."""
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    for i, ids in enumerate(encoded):
+        if not ids:
+            raise ValueError(f"prompt {i} is empty")
+    return encoded
+
+
 @torch.inference_mode()
 def generate_chat(
     loaded: LoadedModel,
@@ -93,10 +103,7 @@ def generate_from_text(
     if not prompts:
         return []
     tokenizer, model = loaded.tokenizer, loaded.model
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    for i, ids in enumerate(encoded):
-        if not ids:
-            raise ValueError(f"prompt {i} is empty")
+    encoded = encode_rendered(tokenizer, prompts)
     eos_ids = eos_token_ids(model, tokenizer)
     seeds = row_seeds(params.seed, len(prompts))
     processors = [*repetition_penalties(params), *logits_processors]
@@ -140,10 +147,7 @@ def generate_in_row_order(
     if not prompts:
         return []
     tokenizer, model = loaded.tokenizer, loaded.model
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    for i, ids in enumerate(encoded):
-        if not ids:
-            raise ValueError(f"prompt {i} is empty")
+    encoded = encode_rendered(tokenizer, prompts)
     decoded = decode_rows(
         model,
         encoded,
