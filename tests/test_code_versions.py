@@ -61,13 +61,12 @@ def edit(monkeypatch):
         def edited(name: str) -> str:
             return source.replace(old, new) if name == module else read(name)
 
+        code_version.clear_caches()
         monkeypatch.setattr(code_version, "_module_source", edited)
-        for cached in (code_version._module_tree, code_version._top_level):
-            cached.cache_clear()
 
     yield apply
-    for cached in (code_version._module_tree, code_version._top_level):
-        cached.cache_clear()
+    monkeypatch.undo()
+    code_version.clear_caches()
 
 
 def test_an_edit_to_train_dpo_leaves_the_trait_experts_fresh(baseline, edit):
@@ -141,7 +140,10 @@ def test_an_edit_to_a_phrase_bank_makes_the_posts_stale(baseline, monkeypatch):
         return data
 
     monkeypatch.setattr(code_version, "_data_bytes", edited)
+    code_version.clear_caches()
     assert changed(baseline, code_versions()) == {"psychgenerator_posts"}
+    monkeypatch.undo()
+    code_version.clear_caches()
 
 
 def test_every_code_version_lists_what_it_covers():

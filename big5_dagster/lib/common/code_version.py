@@ -92,6 +92,21 @@ def code_reach(*entries: Any, watch: Sequence[str] = (), exclude: Sequence[str] 
     return CodeReach(dict(walk.units), dict(walk.data), frozenset(walk.reads))
 
 
+def clear_caches() -> None:
+    """Forget the parsed sources and data hashes (they are read once a process; a test that
+    edits a source or data file calls this)."""
+    for cached in (
+        _module_source,
+        _module_tree,
+        _top_level,
+        _module_imports,
+        _module_data_aliases,
+        _module_data_reads,
+        _data_hashes,
+    ):
+        cached.cache_clear()
+
+
 # --------------------------------------------------------------------------- the walk
 
 
@@ -168,16 +183,15 @@ class _Walk:
     def module_unit(self, module: str) -> None:
         source = _module_source(module)
         self.units[f"module:{module}"] = hash_bytes(source.encode())
-        tree = _module_tree(module)
-        for target, names in _imports(tree, module):
+        for target, names in _module_imports(module):
             self.follow_module(target, names)
         if module != PACKAGE_DATA_MODULE:
-            self.data_reads(tree, module, _package_data_aliases(tree))
+            self.add_data_reads(_module_data_reads(module))
 
     def name_unit(self, module: str, name: str) -> None:
         node = _top_level(module).get(name)
         if node is None:  # an imported name: follow it where it comes from
-            for target, names in _imports(_module_tree(module), module):
+            for target, names in _module_imports(module):
                 if names is not None and name in names:
                     self.follow_module(target, [name])
             return
@@ -186,13 +200,13 @@ class _Walk:
             (ast.get_source_segment(source, node) or "").encode()
         )
         own = _top_level(module)
-        imported = {n: t for t, ns in _imports(_module_tree(module), module) for n in ns or ()}
+        imported = {n: t for t, ns in _module_imports(module) for n in ns or ()}
         for ref in {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}:
             if ref in own and ref != name:
                 self.follow_name(module, ref)
             elif ref in imported:
                 self.follow_module(imported[ref], [ref])
-        self.data_reads(node, module, _package_data_aliases(_module_tree(module)))
+        self.add_data_reads(_data_reads(node, module, _module_data_aliases(module)))
 
     def object_unit(self, obj: Any) -> None:
         source, node = _object_source(obj)
@@ -200,7 +214,6 @@ class _Walk:
         self.units[label] = hash_bytes(source.encode())
         namespace = _namespace(obj)
         module_tree = _module_tree(obj.__module__)
-        aliases = _package_data_aliases(module_tree)
         for target, names in _imports(node, obj.__module__):  # imports inside the function
             self.follow_module(target, names)
         visitor = _References(self.watch)
@@ -213,7 +226,7 @@ class _Walk:
             passed = visitor.calls.get(name, [])
             if len(passed) < uses or not self._package_functions(passed, namespace):
                 self.reads.add((name, ALL_FIELDS))
-        self.data_reads(node, obj.__module__, aliases)
+        self.add_data_reads(_data_reads(node, obj.__module__, _module_data_aliases(obj.__module__)))
 
     def _package_functions(
         self, targets: Sequence[tuple[str, ...]], namespace: Mapping[str, Any]
@@ -258,54 +271,16 @@ class _Walk:
             return
         # A value (a constant, a tuple of personas): follow where the module imported it from,
         # or hash its definition when the module defines it (a defs constant such as a cap).
-        for target, names in _imports(tree, module):
+        for target, names in _module_imports(module):
             if names is not None and head in names:
                 self.follow_module(target, [head])
                 return
         if depth == 1 and head in _top_level(module) and not self.excluded(module):
             self.follow_name(module, head)
 
-    def data_reads(self, node: ast.AST, module: str, aliases: tuple[set[str], set[str]]) -> None:
-        functions, modules = aliases
-        if not functions and not modules:
-            return
-        for call in (n for n in ast.walk(node) if isinstance(n, ast.Call)):
-            func = call.func
-            if isinstance(func, ast.Name) and func.id in functions:
-                reader = func.id
-            elif (
-                isinstance(func, ast.Attribute)
-                and isinstance(func.value, ast.Name)
-                and func.value.id in modules
-                and func.attr in READERS
-            ):
-                reader = func.attr
-            else:
-                continue
-            parts: list[str] = []
-            for arg in call.args:
-                if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
-                    parts.append(arg.value)
-                else:
-                    break
-            if not parts:
-                raise CodeVersionError(
-                    f"{module}, line {call.lineno}: {reader}() must name its data folder as a "
-                    "literal string, so the code version can include the files it reads"
-                )
-            self.add_data("/".join(parts), whole_folder=len(parts) < len(call.args))
-
-    def add_data(self, name: str, *, whole_folder: bool) -> None:
-        root = resources.files(DATA_PACKAGE)
-        target = root.joinpath(*name.split("/"))
-        if whole_folder or target.is_dir():
-            folder = name if target.is_dir() else name.rsplit("/", 1)[0]
-            for file in data_files(folder):
-                self.data[file] = hash_bytes(_data_bytes(file))
-        elif target.is_file():
-            self.data[name] = hash_bytes(_data_bytes(name))
-        else:
-            raise CodeVersionError(f"package data {name!r} does not exist under {DATA_PACKAGE}")
+    def add_data_reads(self, reads: Iterable[tuple[str, bool]]) -> None:
+        for name, whole_folder in reads:
+            self.data.update(_data_hashes(name, whole_folder))
 
 
 # --------------------------------------------------------------------------- references
@@ -413,6 +388,74 @@ def _top_level(module: str) -> dict[str, ast.AST]:
             found[node.target.id] = node
     found.pop(BY_NAME_FLAG, None)
     return found
+
+
+@cache
+def _module_imports(module: str) -> tuple[tuple[str, list[str] | None], ...]:
+    """A module's package imports, parsed once a process (every asset's walk reaches the
+    same modules)."""
+    return tuple(_imports(_module_tree(module), module))
+
+
+@cache
+def _module_data_aliases(module: str) -> tuple[set[str], set[str]]:
+    return _package_data_aliases(_module_tree(module))
+
+
+@cache
+def _module_data_reads(module: str) -> tuple[tuple[str, bool], ...]:
+    return tuple(_data_reads(_module_tree(module), module, _module_data_aliases(module)))
+
+
+def _data_reads(
+    node: ast.AST, module: str, aliases: tuple[set[str], set[str]]
+) -> list[tuple[str, bool]]:
+    """(data name, whole folder) of each package-data read in ``node``: the literal leading
+    arguments of its calls to the package_data readers."""
+    functions, modules = aliases
+    if not functions and not modules:
+        return []
+    found = []
+    for call in (n for n in ast.walk(node) if isinstance(n, ast.Call)):
+        func = call.func
+        if isinstance(func, ast.Name) and func.id in functions:
+            reader = func.id
+        elif (
+            isinstance(func, ast.Attribute)
+            and isinstance(func.value, ast.Name)
+            and func.value.id in modules
+            and func.attr in READERS
+        ):
+            reader = func.attr
+        else:
+            continue
+        parts: list[str] = []
+        for arg in call.args:
+            if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                parts.append(arg.value)
+            else:
+                break
+        if not parts:
+            raise CodeVersionError(
+                f"{module}, line {call.lineno}: {reader}() must name its data folder as a "
+                "literal string, so the code version can include the files it reads"
+            )
+        found.append(("/".join(parts), len(parts) < len(call.args)))
+    return found
+
+
+@cache
+def _data_hashes(name: str, whole_folder: bool) -> dict[str, str]:
+    """Content hash of each data file a read names (every file of its folder when the read
+    names only the folder)."""
+    root = resources.files(DATA_PACKAGE)
+    target = root.joinpath(*name.split("/"))
+    if whole_folder or target.is_dir():
+        folder = name if target.is_dir() else name.rsplit("/", 1)[0]
+        return {file: hash_bytes(_data_bytes(file)) for file in data_files(folder)}
+    if target.is_file():
+        return {name: hash_bytes(_data_bytes(name))}
+    raise CodeVersionError(f"package data {name!r} does not exist under {DATA_PACKAGE}")
 
 
 def _imports(tree: ast.AST, module: str) -> list[tuple[str, list[str] | None]]:
