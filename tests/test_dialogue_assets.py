@@ -324,9 +324,11 @@ def test_every_method_is_evaluated_and_reported_with_lineage(with_adapters):
             "SELECT DISTINCT method, adapter_version FROM inventory_answers "
             "WHERE method LIKE 'steering_%'"
         ).fetchall()
-    assert sorted(m for m, _ in steered) == sorted(STEERING_METHODS)
+    assert sorted(m for m, _ in steered) == sorted(list(STEERING_METHODS) * 10)  # a vector each
     for method, version in steered:
-        assert version.startswith(f"{STEERING_METHODS[method]}:") and ":layer0:coef" in version
+        variant, _, persona, rest = version.split(":", 3)
+        assert variant == STEERING_METHODS[method] and rest.startswith("layer0:coef")
+        assert persona in {p.key for p in PERSONAS}
     assert "persona_vectors" in upstream_assets(warehouse, "inventory_scores")
     with duckdb.connect(str(warehouse), read_only=True) as con:
         sweep = con.execute("SELECT DISTINCT formula, alpha FROM steering_sweep").fetchall()

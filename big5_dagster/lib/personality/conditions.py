@@ -96,10 +96,12 @@ class Condition:
     @property
     def model_version(self) -> str | None:
         """What the model is changed by, for cache keys and the rows' adapter_version: the
-        adapter weights hash (sft/dpo), the steering vector, layer and coef, or None."""
+        adapter weights hash (sft/dpo), the steering vector (variant, file version, persona: a
+        steering condition's prompts are every persona's), layer and coef, or None."""
         if self.steering is not None:
             layer, coef, version = self.steering
-            return f"{STEERING_METHODS[self.method]}:{version}:layer{layer}:coef{coef:g}"
+            variant = STEERING_METHODS[self.method]
+            return f"{variant}:{version}:{self.persona}:layer{layer}:coef{coef:g}"
         return self.adapter_version
 
     @property
