@@ -68,7 +68,7 @@ class FakeRespondent:
         return out
 
 
-def replies_of(respondent, conditions, scenarios, classifier, cached=frozenset()):
+def replies_of(respondent, conditions, scenarios, classifier, cached=frozenset(), batch=8):
     plan = expressed.plan_replies("fake", conditions, scenarios, SAMPLING)
     new = expressed.write_replies(
         respondent,
@@ -76,7 +76,7 @@ def replies_of(respondent, conditions, scenarios, classifier, cached=frozenset()
         plan,
         SAMPLING,
         dict.fromkeys(scenarios.scenario_id, "Sam"),
-        batch_size=8,
+        batch_size=batch,
         cached_keys=cached,
     )
     return plan, expressed.rated(new, classifier.predict_high_probability(new.reply.tolist()))
@@ -168,3 +168,36 @@ def test_self_report_beside_behaviour_says_which_moves():
     assert table.loc["neuroticism", "verdict"] == "reports it, does not write it"
     assert table.loc["extraversion", "verdict"] == "both, in opposite directions"
     assert not table.loc["extraversion", "same_sign"]
+
+
+def test_replies_share_calls_across_personas_unless_demonstrations_make_a_long_prefix(
+    classifier, scenarios
+):
+    # prompt_description: 240 rows in calls of 48, across personas
+    model = FakeRespondent(True)
+    replies_of(model, conditions_for("prompt_description"), scenarios, classifier, batch=48)
+    assert model.calls == len(PERSONAS) * N_SCENARIOS // 48
+    # prompt_demonstrations: one call per persona, its demonstrations prefilled once
+    demos = {p.key: [f"{p.key} example {i}" for i in range(10)] for p in PERSONAS}
+    model = FakeRespondent(True)
+    conditions = conditions_for("prompt_demonstrations", demonstrations_by_persona=demos)
+    replies_of(model, conditions, scenarios, classifier, batch=48)
+    assert model.calls == len(PERSONAS)
+
+
+def test_a_reply_is_the_same_whichever_personas_share_its_call(tiny_model_dir, scenarios):
+    from big5_dagster.lib.engine.loading import load_model
+
+    loaded = load_model(str(tiny_model_dir), device="cpu")
+    conditions = conditions_for("prompt_description", PERSONAS[:3])
+    few = scenarios.head(4)
+    person_y = dict.fromkeys(few.scenario_id, "Sam")
+    params = SamplingParams(max_new_tokens=6, temperature=1.0, top_p=0.9, seed=3)
+    plan = expressed.plan_replies(loaded.fingerprint, conditions, few, params)
+    # batch 5: calls cut across personas and scenarios
+    together = expressed.write_replies(loaded, conditions, plan, params, person_y, batch_size=5)
+    for condition in conditions:
+        alone = expressed.write_replies(loaded, [condition], plan, params, person_y, batch_size=4)
+        mine = together.set_index("cache_key").loc[alone.cache_key]
+        assert mine.raw_reply.tolist() == alone.raw_reply.tolist(), condition.label
+    assert together.groupby("scenario_id").raw_reply.nunique().gt(1).any()

@@ -192,7 +192,10 @@ def test_steering_conditions_give_no_instruction_and_name_their_vector():
     conditions = conditions_for("steering_prompted", steering=(3, 0.5, "abc123"))
     assert len(conditions) == 10
     assert all(c.system is None and c.demonstrations is None for c in conditions)
-    assert conditions[0].model_version == "prompted:abc123:layer3:coef0.5"
+    assert conditions[0].model_version == "prompted:abc123:openness_high:layer3:coef0.5"
+    # every persona's prompts are the same: the persona's vector must keep their answers'
+    # cache keys apart
+    assert len({c.model_version for c in conditions}) == 10
     assert conditions[0].adapter_identity == ("none", None, None)
     # each persona has its own vector: one model change per condition
     assert [len(g) for g in by_model_change(conditions)] == [1] * 10
@@ -292,3 +295,38 @@ def test_per_row_vectors_refuse_a_batch_of_another_size(varied):
     ):
         generate_chat(varied, PROMPTS, GREEDY, batch_size=2)
     assert steering_hooks(decoder_layers(varied.model)[0]) == 0
+
+
+def test_expressed_steering_rows_share_batches_and_write_what_each_persona_writes_alone(varied):
+    """expressed_personality's steering partition decodes every persona's rows together, a
+    vector per row: each reply must be the one the persona's own steered call writes (the
+    per-condition path), and the personas must still differ."""
+    from big5_dagster.defs.evaluation import condition_vector
+    from big5_dagster.lib.personality import expressed
+    from big5_dagster.lib.personality.conditions import conditions_for
+    from big5_dagster.lib.traits import PERSONAS
+
+    vectors = compute_persona_vectors(
+        varied, dialogues(), max_scenarios=None, seed=0, traits=("openness", "extraversion")
+    )
+    personas = [p for p in PERSONAS if p.trait in ("openness", "extraversion")]
+    conditions = conditions_for("steering_grounded", personas, steering=(0, 4.0, "v1"))
+    scenarios = pd.DataFrame(
+        {"scenario_id": ["e1", "e2", "e3"], "opener": ["Hi there.", "What now?", "Well?"]}
+    )
+    person_y = dict.fromkeys(scenarios.scenario_id, "Ann")
+    params = SamplingParams(max_new_tokens=8, temperature=1.0, top_p=0.9, seed=3)
+    plan = expressed.plan_replies(varied.fingerprint, conditions, scenarios, params)
+    added = {c.label: condition_vector(c, vectors)[1] for c in conditions}
+    # batch 5: the calls cut across personas and scenarios
+    batched = expressed.write_replies(
+        varied, conditions, plan, params, person_y, batch_size=5, steering=(0, added)
+    ).set_index("cache_key")
+    for condition in conditions:
+        with steered(varied, 0, added[condition.label]):
+            alone = expressed.write_replies(
+                varied, [condition], plan, params, person_y, batch_size=3
+            )
+        assert batched.loc[alone.cache_key, "raw_reply"].tolist() == alone.raw_reply.tolist()
+    assert plan.cache_key.is_unique  # the personas' identical prompts keep their own keys
+    assert batched.groupby("condition").raw_reply.apply(tuple).nunique() > 1

@@ -7,6 +7,7 @@ from typing import Any
 
 import dagster as dg
 import pandas as pd
+import torch
 
 from big5_dagster.config import EvaluationSettings, Settings, with_defaults
 from big5_dagster.defs import artifacts
@@ -75,15 +76,24 @@ def condition_model(
         with with_adapter(respondent, name, path) as model:
             yield model
         return
-    if vectors is None:
-        raise ValueError(f"{condition.label}: steering needs the persona vectors")
+    layer, vector = condition_vector(condition, vectors)
+    with steered(respondent, layer, vector) as model:
+        yield model
+
+
+def condition_vector(
+    condition: Condition, vectors: PersonaVectors | None
+) -> tuple[int, torch.Tensor]:
+    """(layer, vector) a steering condition adds: its persona's direction, sign from the
+    level, scaled by its coef."""
+    if vectors is None or condition.steering is None:
+        raise ValueError(f"{condition.label}: steering needs a steering condition and vectors")
     layer, coef, _ = condition.steering
     persona = Persona.parse(condition.persona)
     vector = vectors.steering_vector(
         STEERING_METHODS[condition.method], persona.trait, persona.level, layer, coef
     )
-    with steered(respondent, layer, vector) as model:
-        yield model
+    return layer, vector
 
 
 def persona_vectors_for(store: ArtifactStore, method: str) -> PersonaVectors | None:

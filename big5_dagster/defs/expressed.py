@@ -1,12 +1,14 @@
 """Expressed personality: held-out evaluation scenarios, every method's replies to them rated
 by the trait classifier, and self-report (inventories) set beside behaviour (replies)."""
 
+import contextlib
+
 import dagster as dg
 import pandas as pd
 
 from big5_dagster.config import ExpressedSettings, Settings, with_defaults
 from big5_dagster.defs import artifacts
-from big5_dagster.defs.evaluation import condition_model, persona_vectors_for
+from big5_dagster.defs.evaluation import condition_model, condition_vector, persona_vectors_for
 from big5_dagster.defs.factory import Stage, versioned_asset
 from big5_dagster.defs.tracking import Tracker, progress_logger
 from big5_dagster.lib import prompts
@@ -15,6 +17,7 @@ from big5_dagster.lib.dialogues.cleaning import clean_opener
 from big5_dagster.lib.engine.sampling import SamplingParams
 from big5_dagster.lib.personality import expressed, self_report
 from big5_dagster.lib.personality.conditions import by_model_change
+from big5_dagster.lib.personality.methods import STEERING_METHODS
 from big5_dagster.lib.report.plots import bar_chart, png_markdown
 from big5_dagster.partitions import method_of, method_partitions
 from big5_dagster.resources.artifacts import ArtifactStore
@@ -155,10 +158,21 @@ def build(settings: Settings) -> Stage:
             cached = warehouse.query(f"SELECT * FROM {REPLIES_TABLE} WHERE method = ?", [method])
             cached = cached[cached.cache_key.isin(plan.cache_key)][list(expressed.REPLY_COLUMNS)]
         person_y = scenarios.set_index("scenario_id").person_y.to_dict()
+        cached_keys = set(cached.cache_key) if len(cached) else frozenset()
+        if method in STEERING_METHODS:  # all personas' rows share batches, a vector a row
+            added = {c.label: condition_vector(c, vectors) for c in conditions}
+            (layer,) = {layer for layer, _ in added.values()}
+            steering = (layer, {label: vector for label, (_, vector) in added.items()})
+            runs = [(contextlib.nullcontext(respondent), conditions, steering)]
+        else:
+            runs = [
+                (condition_model(respondent, group[0], adapter_paths, vectors), group, None)
+                for group in by_model_change(conditions)
+            ]
+        report = progress_logger(context, f"{method} reply calls")
         fresh = []
-        report = progress_logger(context, f"{method} conditions")
-        for group in by_model_change(conditions):
-            with condition_model(respondent, group[0], adapter_paths, vectors) as changed:
+        for model_change, group, steering in runs:
+            with model_change as changed:
                 fresh.append(
                     expressed.write_replies(
                         changed,
@@ -167,8 +181,9 @@ def build(settings: Settings) -> Stage:
                         sampling,
                         person_y,
                         batch_size=config.batch_size,
-                        cached_keys=set(cached.cache_key) if len(cached) else frozenset(),
+                        cached_keys=cached_keys,
                         progress=report,
+                        steering=steering,
                     )
                 )
         new = pd.concat(fresh, ignore_index=True)

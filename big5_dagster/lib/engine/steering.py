@@ -30,8 +30,13 @@ from safetensors.torch import load_file, save_file
 
 from big5_dagster.lib.common.files import atomic_file
 from big5_dagster.lib.engine.chat import render_chat
-from big5_dagster.lib.engine.generation import batches_by_length
+from big5_dagster.lib.engine.generation import (
+    GenerationResult,
+    batches_by_length,
+    generate_in_row_order,
+)
 from big5_dagster.lib.engine.loading import LoadedModel
+from big5_dagster.lib.engine.sampling import SamplingParams
 from big5_dagster.lib.engine.scoring import left_padded_forward
 from big5_dagster.lib.engine.types import Conversation
 
@@ -115,6 +120,34 @@ def steered(loaded: Any, layer: int, vector: torch.Tensor) -> Iterator[LoadedMod
         )
     with added_to_layer(loaded.model, layer, vector):
         yield loaded
+
+
+def generate_steered(
+    loaded: Any,
+    prompts: Sequence[str],
+    vectors: Sequence[torch.Tensor],
+    layer: int,
+    params: SamplingParams,
+    *,
+    seeds: Sequence[int],
+    batch_size: int,
+) -> list[GenerationResult]:
+    """Continue rendered prompts, row i with ``vectors[i]`` added at ``layer``: batches of
+    ``batch_size`` rows in input order, each batch with its rows' vectors stacked
+    (``generate_in_row_order``), so rows steered differently share a batch and each row draws
+    what a call for it alone would draw under ``seeds[i]``."""
+    if not len(prompts) == len(vectors) == len(seeds):
+        raise ValueError(
+            f"got {len(prompts)} prompts, {len(vectors)} vectors and {len(seeds)} seeds"
+        )
+    results: list[GenerationResult] = []
+    for start in range(0, len(prompts), batch_size):
+        rows = slice(start, start + batch_size)
+        with steered(loaded, layer, torch.stack(list(vectors[rows]))):
+            results += generate_in_row_order(
+                loaded, list(prompts[rows]), params, seeds=list(seeds[rows])
+            )
+    return results
 
 
 @torch.inference_mode()

@@ -24,15 +24,18 @@ from functools import cache
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy.stats import binomtest, bootstrap, spearmanr
 
 from big5_dagster.lib.common.code_version import code_reach
 from big5_dagster.lib.common.hashing import hash_json
 from big5_dagster.lib.dialogues.cleaning import clean_reply
+from big5_dagster.lib.engine.chat import render_chat
 from big5_dagster.lib.engine.loading import LoadedModel
 from big5_dagster.lib.engine.respondent import Respondent, respondent_of
 from big5_dagster.lib.engine.sampling import SamplingParams
 from big5_dagster.lib.engine.shared_prefix import generate_with_shared_prefix
+from big5_dagster.lib.engine.steering import generate_steered
 from big5_dagster.lib.personality.administration import messages_hash, system_text
 from big5_dagster.lib.personality.conditions import Condition
 from big5_dagster.lib.personality.methods import NO_PERSONA
@@ -76,7 +79,7 @@ def row_seed(seed: int, scenario_id: str) -> int:
 @cache
 def generation_code_hash() -> str:
     """Version of the code that turns a prompt into a reply; part of every cache key."""
-    return code_reach(generate_with_shared_prefix, clean_reply).version()
+    return code_reach(generate_with_shared_prefix, generate_steered, clean_reply).version()
 
 
 def plan_replies(
@@ -135,25 +138,47 @@ def write_replies(
     batch_size: int,
     cached_keys: Collection[str] = frozenset(),
     progress: Callable[[int, int], None] | None = None,
+    steering: tuple[int, Mapping[str, torch.Tensor]] | None = None,
 ) -> pd.DataFrame:
     """The planned replies of ``conditions`` (one adapter attached, or none) not in
-    ``cached_keys``, one call per condition: its system turn (up to 10 demonstrations long)
-    is the shared prefix, prefilled once. ``person_y``: scenario_id -> the replier's name
-    (for cleaning stage directions)."""
+    ``cached_keys``. A condition whose system turn carries demonstrations gets a call of its
+    own, so its long system turn is the shared prefix, prefilled once; the other conditions'
+    prompts part after a few tokens, so their rows go ``batch_size`` a call across
+    conditions and fill the batches. ``steering`` (layer, condition label -> vector): the
+    conditions are steering ones on an unsteered transformers model, each row gets its
+    condition's vector (``generate_steered``). A row's reply does not depend on the other
+    rows of its call: it is sampled from its own seed. ``person_y``: scenario_id -> the
+    replier's name (for cleaning stage directions). ``progress(done, total)`` counts calls."""
     labels = {c.label: c for c in conditions}
     todo = plan[plan.condition.isin(labels) & ~plan.cache_key.isin(cached_keys)].copy()
     if todo.empty:
         return todo[list(REPLY_COLUMNS)]
     engine = respondent_of(respondent)  # with_adapter yields a LoadedModel for transformers
+    calls = _reply_calls(todo, labels, batch_size)
     results = {}
-    for done, (label, rows) in enumerate(todo.groupby("condition", sort=False)):
-        conversations = [reply_messages(labels[label], o) for o in rows._opener]
-        generated = engine.generate_with_shared_prefix(
-            conversations, sampling, batch_size=batch_size, seeds=rows.row_seed.tolist()
-        )
+    for done, rows in enumerate(calls, start=1):
+        conversations = [
+            reply_messages(labels[c], o) for c, o in zip(rows.condition, rows._opener, strict=True)
+        ]
+        seeds = rows.row_seed.tolist()
+        if steering is None:
+            generated = engine.generate_with_shared_prefix(
+                conversations, sampling, batch_size=batch_size, seeds=seeds
+            )
+        else:
+            layer, vector_of = steering
+            generated = generate_steered(
+                respondent,
+                [render_chat(engine.tokenizer, c, index=i) for i, c in enumerate(conversations)],
+                [vector_of[c] for c in rows.condition],
+                layer,
+                sampling,
+                seeds=seeds,
+                batch_size=batch_size,
+            )
         results.update(zip(rows.index, generated, strict=True))
         if progress is not None:
-            progress(done + 1, todo.condition.nunique())
+            progress(done, len(calls))
     results = [results[i] for i in todo.index]
     todo["raw_reply"] = [r.text for r in results]
     todo["reply"] = [
@@ -162,6 +187,14 @@ def write_replies(
     todo["n_new_tokens"] = [r.n_new_tokens for r in results]
     todo["finish_reason"] = [r.finish_reason for r in results]
     return todo[list(REPLY_COLUMNS)].reset_index(drop=True)
+
+
+def _reply_calls(
+    todo: pd.DataFrame, labels: Mapping[str, Condition], batch_size: int
+) -> list[pd.DataFrame]:
+    if any(labels[c].demonstrations for c in todo.condition.unique()):
+        return [rows for _, rows in todo.groupby("condition", sort=False)]
+    return [todo.iloc[i : i + batch_size] for i in range(0, len(todo), batch_size)]
 
 
 def rated(replies: pd.DataFrame, predicted_high_probability: pd.DataFrame) -> pd.DataFrame:

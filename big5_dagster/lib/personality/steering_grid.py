@@ -13,19 +13,14 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
 from big5_dagster.lib.dialogues.cleaning import clean_reply
 from big5_dagster.lib.dialogues.sweep import PLAIN
 from big5_dagster.lib.engine.chat import render_chat
-from big5_dagster.lib.engine.generation import (
-    GenerationResult,
-    generate_chat,
-    generate_in_row_order,
-)
+from big5_dagster.lib.engine.generation import GenerationResult, generate_chat
 from big5_dagster.lib.engine.loading import LoadedModel
 from big5_dagster.lib.engine.sampling import SamplingParams, row_seeds
-from big5_dagster.lib.engine.steering import PersonaVectors, steered
+from big5_dagster.lib.engine.steering import PersonaVectors, generate_steered
 from big5_dagster.lib.traits import PERSONAS, Persona
 
 Setting = tuple[str, int, float]
@@ -109,17 +104,15 @@ def steering_sweep_replies(
         vector_of = {
             p.key: vectors.steering_vector(variant, p.trait, p.level, layer, coef) for p in personas
         }
-        results: list[GenerationResult] = []
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start : start + batch_size]
-            per_row = torch.stack([vector_of[persona.key] for persona, _ in chunk])
-            with steered(loaded, layer, per_row):
-                results += generate_in_row_order(
-                    loaded,
-                    [prompts[i] for _, i in chunk],
-                    sampling,
-                    seeds=[seeds[i] for _, i in chunk],
-                )
+        results = generate_steered(
+            loaded,
+            [prompts[i] for _, i in rows],
+            [vector_of[persona.key] for persona, _ in rows],
+            layer,
+            sampling,
+            seeds=[seeds[i] for _, i in rows],
+            batch_size=batch_size,
+        )
         for k, persona in enumerate(personas):
             parts.append(
                 _rows(
