@@ -44,7 +44,7 @@ demo: setup
 test: setup
 	$(BIN)/ruff check big5_dagster tests scripts
 	$(BIN)/ruff format --check big5_dagster tests scripts
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 lint: setup
 	$(BIN)/ruff check big5_dagster tests scripts
