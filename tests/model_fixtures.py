@@ -61,6 +61,8 @@ def tiny_backend(tiny_model_dir: Path, tmp_path_factory):
         base_model=str(tiny_model_dir),
         models_dir=str(tmp_path_factory.mktemp("models")),
         device="cpu",
+        # fp32 on every host: dtype auto would pick bf16 only where the CPU has it.
+        dtype="float32",
     )
 
 

@@ -105,12 +105,13 @@ def test_measured_roofline_has_every_shape_and_a_bandwidth(tiny):
     assert roof.as_dict()["forward"]["float32"][1]["m"] == 16
 
 
-def test_auto_dtype_is_bf16_only_where_it_runs_natively_and_fast():
+def test_auto_dtype_is_bf16_only_where_the_cpu_multiplies_it_natively():
     assert native_bf16({"avx2", "amx_bf16"}) and native_bf16({"avx512_bf16"})
-    assert not native_bf16({"avx2", "fma"})
+    assert not native_bf16({"avx2", "fma"}) and not native_bf16({"avx512f", "avx512bw"})
     assert auto_dtype("cpu", {"avx2", "amx_bf16", "amx_tile"}) == "bfloat16"
-    # AVX512-BF16 alone: bf16 barely helped decoding there, so fp32 stays.
-    assert auto_dtype("cpu", {"avx512f", "avx512_bf16"}) == "float32"
+    assert auto_dtype("cpu", {"avx512f", "avx512_bf16"}) == "bfloat16"
+    # AVX-512 without its bf16 extension converts every operand: fp32 stays.
+    assert auto_dtype("cpu", {"avx512f", "avx512bw"}) == "float32"
     assert auto_dtype("cpu", {"avx2", "fma"}) == "float32"
 
 

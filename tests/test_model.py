@@ -297,7 +297,10 @@ def test_resource_imports_without_torch():
 
 def test_resource_caches_per_process_and_delegates(tiny_backend, tiny_model_dir):
     twin = ModelBackend(
-        base_model=str(tiny_model_dir), models_dir=tiny_backend.models_dir, device="cpu"
+        base_model=str(tiny_model_dir),
+        models_dir=tiny_backend.models_dir,
+        device="cpu",
+        dtype=tiny_backend.dtype,
     )
     assert twin.load() is tiny_backend.load()
     assert tiny_backend.load(cached=False) is not tiny_backend.load()

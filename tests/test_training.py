@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from big5_dagster.lib.engine.hardware import auto_dtype
 from big5_dagster.lib.training.adapted import load_adapted_model
 from big5_dagster.lib.training.dpo import train_dpo
 from big5_dagster.lib.training.inputs import normalize_prompts
@@ -342,3 +343,39 @@ def test_unshuffled_dpo_trains_its_pairs_in_the_given_order(tiny_model_dir: Path
 
     assert first_batch_items(shuffle=False) == ["0", "1", "2", "3"]
     assert first_batch_items(shuffle=True) != ["0", "1", "2", "3"]
+
+
+def test_bf16_precision_on_a_cpu_autocasts_over_fp32_weights(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """bf16 training on a CPU multiplies in bf16 but keeps fp32 weights, so the optimizer's
+    small LoRA updates are not rounded away; fp32 precision trains without autocast. The
+    precision is part of the run's settings, so checkpoints of the other never resume."""
+    from big5_dagster.lib.training.inputs import use_bf16
+    from big5_dagster.lib.training.runs import settings_of_run
+
+    runs = {}
+    for precision in ("bfloat16", "float32"):
+        spec = dataclasses.replace(SFT_SPEC, precision=precision, epochs=1)
+        trainer = make_sft_trainer(
+            tiny_model_dir, sft_examples(8), lora=LoraSpec(), spec=spec,
+            work_dir=tmp_path / precision, device="cpu",
+        )  # fmt: skip
+        assert trainer.args.bf16 is (precision == "bfloat16")
+        assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
+        trainer.train()
+        assert trainer.state.log_history[-1]["train_loss"] > 0
+        runs[precision] = settings_of_run(
+            "sft", tiny_model_dir, sft_examples(8), LoraSpec(), spec, None, "cpu"
+        )
+    assert runs["bfloat16"]["bf16"] is True and runs["float32"]["bf16"] is False
+    assert runs["bfloat16"]["spec"]["precision"] == "bfloat16"
+    assert use_bf16("auto", "cpu") is (auto_dtype("cpu") == "bfloat16")
+
+
+def test_training_follows_the_model_dtype():
+    from big5_dagster.defs.specs import training_precision
+
+    assert training_precision("bfloat16") == "bfloat16"
+    assert training_precision("float32") == "float32"
+    assert training_precision("auto") == training_precision("float16") == "auto"

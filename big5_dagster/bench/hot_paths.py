@@ -356,16 +356,18 @@ def bench_training_steps(
     rows = []
     with tempfile.TemporaryDirectory(prefix="big5-bench-train-") as tmp:
         for method, frame, batch in (("SFT", sft_rows, 8), ("DPO", dpo_rows, 4)):
+            # Trains in the loaded model's dtype, as the pipeline does (fp32 or bf16 autocast).
+            precision = "bfloat16" if loaded.dtype == "bfloat16" else "float32"
             spec = TrainSpec(
                 epochs=1.0, learning_rate=1e-4, batch_size=batch, max_length=192, seed=0,
-                save_steps=10_000,
+                save_steps=10_000, precision=precision,
             )  # fmt: skip
             make = sft.make_sft_trainer if method == "SFT" else dpo.make_dpo_trainer
             trainer = make(
                 loaded.path, frame, lora=LoraSpec(), spec=spec, work_dir=Path(tmp) / method,
                 device="cpu",
             )  # fmt: skip
-            counter = ForwardCounter(trainer.model, roof, "float32")
+            counter = ForwardCounter(trainer.model, roof, precision)
             _, seconds, cost = timed(trainer.train, counter, clock)
             tokens = count_training_tokens(trainer)
             steps = trainer.state.global_step

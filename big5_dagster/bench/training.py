@@ -80,7 +80,7 @@ def bench_training(
             base_path,
             seeded_sample(train, n_examples, seed)[["prompt", "completion"]],
             lora=lora_spec(config),
-            spec=sft_train_spec(config, seed),
+            spec=sft_train_spec(config, seed, backend.dtype),
             work_dir=Path(tmp) / "plain",
             device=backend.device,
         )

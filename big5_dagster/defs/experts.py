@@ -123,7 +123,7 @@ def build(settings: Settings) -> Stage:
             train,
             names,
             lora=specs.lora_spec(config) if config.mode == "lora" else None,
-            spec=specs.expert_train_spec(config),
+            spec=specs.expert_train_spec(config, model.dtype),
             work=work,
             device=model.device,
             log=context.log.info,

@@ -14,7 +14,7 @@ from big5_dagster.config import (
 from big5_dagster.lib.engine.sampling import SamplingParams
 from big5_dagster.lib.experts.classifier_spec import ClassifierSpec
 from big5_dagster.lib.personality.psychobench_results import PsychoBenchImport
-from big5_dagster.lib.training.specs import LoraSpec, TrainSpec
+from big5_dagster.lib.training.specs import LoraSpec, Precision, TrainSpec
 
 
 def lora_spec(config: LoraFields) -> LoraSpec:
@@ -26,7 +26,13 @@ def lora_spec(config: LoraFields) -> LoraSpec:
     )
 
 
-def expert_train_spec(config: ExpertSettings) -> TrainSpec:
+def training_precision(model_dtype: str) -> Precision:
+    """Training multiplies in the dtype the model runs in (``model.dtype``); float16 and auto
+    leave it to the hardware (``TrainSpec.precision``)."""
+    return model_dtype if model_dtype in ("float32", "bfloat16") else "auto"  # type: ignore[return-value]
+
+
+def expert_train_spec(config: ExpertSettings, model_dtype: str) -> TrainSpec:
     return TrainSpec(
         epochs=config.epochs,
         learning_rate=config.learning_rate,
@@ -34,10 +40,11 @@ def expert_train_spec(config: ExpertSettings) -> TrainSpec:
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         max_length=config.max_length,
         seed=config.seed,
+        precision=training_precision(model_dtype),
     )
 
 
-def sft_train_spec(config: TrainingSettings, seed: int) -> TrainSpec:
+def sft_train_spec(config: TrainingSettings, seed: int, model_dtype: str) -> TrainSpec:
     return TrainSpec(
         epochs=config.epochs,
         learning_rate=config.learning_rate,
@@ -48,13 +55,14 @@ def sft_train_spec(config: TrainingSettings, seed: int) -> TrainSpec:
         warmup_steps=config.warmup_steps,
         lr_scheduler=config.lr_scheduler,
         save_steps=config.save_steps,
+        precision=training_precision(model_dtype),
     )
 
 
-def dpo_train_spec(config: TrainingSettings, seed: int) -> TrainSpec:
+def dpo_train_spec(config: TrainingSettings, seed: int, model_dtype: str) -> TrainSpec:
     """The SFT schedule plus DPO's beta; mirrored couples train in their given order."""
     return dataclasses.replace(
-        sft_train_spec(config, seed),
+        sft_train_spec(config, seed, model_dtype),
         beta=config.dpo_beta,
         shuffle=config.dpo_pair_order == "shuffled",
     )

@@ -3,9 +3,11 @@
 bf16 halves the bytes of every weight, but a CPU without bf16 arithmetic converts each
 operand: on an AVX2-only host (AMD Zen 2) a bf16 matmul ran at about 6 GFLOP/s against 37-60
 for fp32, 2-6x slower on every hot path but single-row decoding. With AMX (Intel Xeon,
-``amx_bf16``) bf16 ran 2-7x faster than fp32 on the model's shapes. ``dtype: auto`` therefore
-picks bf16 only where the hardware multiplies it natively at speed: AMX on a CPU, or a CUDA
-GPU that supports it; everywhere else fp32.
+``amx_bf16``) bf16 ran 2-7x faster than fp32 on the model's shapes, and on an AMD EPYC with
+AVX512-BF16 (no AMX) 2.2-4.3x at the model's linear shapes and 2.2-2.7x on the inventory and
+decoding paths (``big5 bench dtypes``, 2026-12-03). ``dtype: auto`` therefore picks bf16
+wherever the hardware multiplies it natively: AVX512-BF16 or AMX on a CPU, or a CUDA GPU
+that supports it; everywhere else fp32.
 """
 
 from __future__ import annotations
@@ -38,9 +40,7 @@ def native_bf16(flags: frozenset[str] | set[str] | None = None) -> bool:
 
 def auto_dtype(device: str, flags: frozenset[str] | set[str] | None = None) -> str:
     """The dtype ``dtype: auto`` loads on ``device`` ('cpu' or 'cuda...'): bfloat16 where it
-    runs natively and fast (a CUDA GPU with bf16, a CPU with AMX), else float32. AVX512-BF16
-    without AMX is left at float32: measured there, bf16 barely helped decoding."""
+    runs natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX), else float32."""
     if device.startswith("cuda"):
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-    flags = cpu_flags() if flags is None else flags
-    return "bfloat16" if "amx_bf16" in flags else "float32"
+    return "bfloat16" if native_bf16(flags) else "float32"

@@ -18,7 +18,6 @@ from big5_dagster.lib.training.inputs import (
     load_causal_lm,
     model_identity,
     resolve_device,
-    use_bf16,
 )
 from big5_dagster.lib.training.specs import Device, TrainingError
 
@@ -62,7 +61,7 @@ def load_adapted_model(
         model_id=f"{model_path}+{adapter_path.name}",
         source="local",
         revision=None,
-        dtype="bfloat16" if use_bf16(target) else "float32",
+        dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
         device=str(next(model.parameters()).device),
         fingerprint=hash_json(parts),
         path=adapter_path,

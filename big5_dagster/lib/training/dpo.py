@@ -93,7 +93,7 @@ def make_dpo_trainer(
     transformers.set_seed(spec.seed)
     tokenizer = load_tokenizer(model_path)
     data["prompt"] = normalize_prompts(tokenizer, data["prompt"].tolist())
-    model: PreTrainedModel | PeftModel = load_causal_lm(model_path, target)
+    model: PreTrainedModel | PeftModel = load_causal_lm(model_path, target, spec.precision)
     peft_config = None
     if init_adapter is not None:
         _check_init_adapter(Path(init_adapter), lora)

@@ -17,10 +17,11 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from big5_dagster.lib.engine.hardware import auto_dtype
 from big5_dagster.lib.engine.loading import folder_fingerprint_parts
 
 # trl 1.16 calls a transformers method deprecated in 5.x on every training step.
-from big5_dagster.lib.training.specs import Device, TrainingError
+from big5_dagster.lib.training.specs import Device, Precision, TrainingError
 
 
 def check_frame(frame: pd.DataFrame, columns: Sequence[str], what: str) -> pd.DataFrame:
@@ -87,8 +88,12 @@ def resolve_device(device: Device) -> str:
     return device
 
 
-def use_bf16(target: str) -> bool:
-    return target == "cuda" and torch.cuda.is_bf16_supported()
+def use_bf16(precision: Precision, target: str) -> bool:
+    """Whether training on ``target`` multiplies in bf16 ('auto': where the hardware does so
+    natively, as ``model.dtype: auto`` decides for inference)."""
+    if precision == "auto":
+        return auto_dtype(target) == "bfloat16"
+    return precision == "bfloat16"
 
 
 def _model_location(model_path: str | Path) -> tuple[str, dict[str, Any]]:
@@ -107,9 +112,14 @@ def load_tokenizer(model_path: str | Path) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_causal_lm(model_path: str | Path, target: str) -> PreTrainedModel:
+def load_causal_lm(
+    model_path: str | Path, target: str, precision: Precision = "auto"
+) -> PreTrainedModel:
+    """The model to train (or to adapt) on ``target``: bf16 weights on a CUDA GPU that trains
+    in bf16; fp32 elsewhere, where bf16 training autocasts (fp32 optimizer updates)."""
     location, kwargs = _model_location(model_path)
-    dtype = torch.bfloat16 if use_bf16(target) else torch.float32
+    bf16_weights = target == "cuda" and use_bf16(precision, target)
+    dtype = torch.bfloat16 if bf16_weights else torch.float32
     try:
         model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs)
     except OSError as e:

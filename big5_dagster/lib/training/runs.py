@@ -87,7 +87,7 @@ def training_arguments(spec: TrainSpec, work_dir: Path, target: str) -> dict[str
         "report_to": "none",
         "disable_tqdm": True,
         "use_cpu": not on_cuda,
-        "bf16": use_bf16(target),
+        "bf16": use_bf16(spec.precision, target),
         "fp16": False,
         # transformers 5 renamed gradient_checkpointing (trl defaults it to True).
         "activation_checkpointing": on_cuda,
@@ -197,6 +197,7 @@ def settings_of_run(
         "spec": dataclasses.asdict(spec),
         "init_adapter_hash": hash_dir(Path(init_adapter)) if init_adapter is not None else None,
         "device": target,
+        "bf16": use_bf16(spec.precision, target),
         "versions": {
             "trl": trl.__version__,
             "peft": peft.__version__,

@@ -61,7 +61,7 @@ def make_sft_trainer(
     transformers.set_seed(spec.seed)
     tokenizer = load_tokenizer(model_path)
     data["prompt"] = normalize_prompts(tokenizer, data["prompt"].tolist())
-    model = load_causal_lm(model_path, target)
+    model = load_causal_lm(model_path, target, spec.precision)
     config = SFTConfig(
         **training_arguments(spec, Path(work_dir), target),
         completion_only_loss=True,

@@ -18,9 +18,11 @@ Behaviour every caller relies on:
   (same model, data, LoRA, schedule) resumes from the last complete checkpoint. Different
   settings discard the old checkpoints. The result is written atomically to ``output_dir``
   (a temporary folder beside it is renamed into place), then the checkpoints are removed.
-- CPU: fp32, ``bf16=False``, ``use_cpu=True``, no gradient checkpointing (trl's configs
-  default to bf16 and gradient checkpointing, which fail or crawl there; PITFALLS.md).
-  CUDA: bf16 weights and mixed precision when the GPU supports it, gradient checkpointing on.
+- CPU: ``use_cpu=True``, no gradient checkpointing (trl's configs default to it, and it
+  crawls there; PITFALLS.md), fp32 weights; with bf16 precision (``TrainSpec.precision``,
+  by default where the CPU has bf16 arithmetic) the matmuls autocast to bf16, so the
+  optimizer still updates fp32 LoRA weights. CUDA: bf16 weights and mixed precision when the
+  GPU supports it, gradient checkpointing on.
 
 Tokens per second are computed one way everywhere (:func:`count_training_tokens`): the
 non-padding tokens of one pass over the trainer's prepared (tokenized, EOS-appended,
@@ -44,6 +46,7 @@ from transformers import PreTrainedModel
 from big5_dagster.lib.common.jsonable import jsonable
 
 Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["auto", "float32", "bfloat16"]
 
 
 Progress = Callable[[str], None]
@@ -137,6 +140,10 @@ class TrainSpec:
     shuffle: bool = True
     """Shuffle the training rows each epoch (False: train in the given order, e.g. DPO's
     mirrored couples, which must share an optimizer step)."""
+    precision: Precision = "auto"
+    """bfloat16: matmuls in bf16 (CUDA: bf16 weights; CPU: fp32 weights, bf16 autocast);
+    float32: fp32 throughout; auto: bf16 where the hardware multiplies it natively
+    (``engine.hardware.auto_dtype``)."""
 
     def __post_init__(self) -> None:
         checks = {
