@@ -98,6 +98,7 @@ def clear_caches() -> None:
     for cached in (
         _module_source,
         _module_tree,
+        _by_name,
         _top_level,
         _module_imports,
         _module_data_aliases,
@@ -353,11 +354,12 @@ def _is_main(module: str) -> bool:
 
 @cache
 def _module_source(module: str) -> str:
-    mod = importlib.import_module(module)
-    path = getattr(mod, "__file__", None)
-    if not path:
+    # Found, not imported: a module that functions import when they run (one that needs
+    # torch) is versioned without importing it.
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.has_location or not spec.origin:
         raise CodeVersionError(f"module {module} has no source file")
-    return Path(path).read_text(encoding="utf-8")
+    return Path(spec.origin).read_text(encoding="utf-8")
 
 
 @cache
@@ -367,10 +369,16 @@ def _module_tree(module: str) -> ast.Module:
 
 @cache
 def _by_name(module: str) -> bool:
+    """Whether the module sets ``CODE_VERSION_BY_NAME = True`` (read from its source)."""
     if not module.startswith(LIB + "."):
         return False
-    mod = sys.modules.get(module) or importlib.import_module(module)
-    return bool(getattr(mod, BY_NAME_FLAG, False))
+    return any(
+        isinstance(node, ast.Assign)
+        and any(isinstance(t, ast.Name) and t.id == BY_NAME_FLAG for t in node.targets)
+        and isinstance(node.value, ast.Constant)
+        and node.value.value is True
+        for node in _module_tree(module).body
+    )
 
 
 @cache
@@ -489,7 +497,13 @@ def _imports(tree: ast.AST, module: str) -> list[tuple[str, list[str] | None]]:
 def _is_module(name: str) -> bool:
     if name in sys.modules:
         return True
+    parent = name.rpartition(".")[0]
     try:
+        # Only a package has submodules; find_spec(name) would import a plain module parent
+        # (``from big5_dagster.lib.engine.candidate_sampler import CandidateSampler``).
+        parent_spec = importlib.util.find_spec(parent) if parent else None
+        if parent and (parent_spec is None or parent_spec.submodule_search_locations is None):
+            return False
         return importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):
         return False
