@@ -16,16 +16,13 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from big5_dagster.lib.engine.candidate_sampler import CandidateSampler, nucleus_mask
 from big5_dagster.lib.engine.chat import render_chat
 from big5_dagster.lib.engine.generation import generate_chat
-from big5_dagster.lib.engine.kv_decode import (
-    GrowingLayer,
-    PrefixCache,
-    decode_rows,
-    kv_cache,
-)
+from big5_dagster.lib.engine.growing_layer import GrowingLayer
+from big5_dagster.lib.engine.kv_decode import PrefixCache, decode_rows, kv_cache
 from big5_dagster.lib.engine.loading import load_model
-from big5_dagster.lib.engine.sampling import CandidateSampler, SamplingParams, nucleus_mask
+from big5_dagster.lib.engine.sampling import SamplingParams
 from big5_dagster.lib.engine.tokens import eos_token_ids
 
 PROMPTS = [

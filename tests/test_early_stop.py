@@ -10,11 +10,11 @@ import torch
 from model_fixtures import vary_weights
 
 from big5_dagster.lib.engine import respondent
+from big5_dagster.lib.engine.candidate_sampler import CandidateSampler
 from big5_dagster.lib.engine.chat import render_chat
 from big5_dagster.lib.engine.generation import GenerationResult, cut_at_stop
 from big5_dagster.lib.engine.kv_decode import decode_rows
 from big5_dagster.lib.engine.loading import load_model
-from big5_dagster.lib.engine.sampling import CandidateSampler
 from big5_dagster.lib.engine.tokens import eos_token_ids
 from big5_dagster.lib.personality.answer_reading import answer_decided, first_integer
 from big5_dagster.lib.personality.answers import GenerationSettings, administer

@@ -17,7 +17,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor
 
 from big5_dagster.config import EMBEDDED_MODEL
-from big5_dagster.lib.engine import embedded, loading
+from big5_dagster.lib.engine import embedded
 from big5_dagster.lib.engine.chat import render_chat
 from big5_dagster.lib.engine.generation import generate_chat
 from big5_dagster.lib.engine.loading import load_model
@@ -221,8 +221,8 @@ def test_hf_token_only_from_env_and_never_exposed(tiny_model_dir, tiny_backend, 
 
         return load
 
-    monkeypatch.setattr(loading.AutoModelForCausalLM, "from_pretrained", fake(real_model))
-    monkeypatch.setattr(loading.AutoTokenizer, "from_pretrained", fake(real_tokenizer))
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", fake(real_model))
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", fake(real_tokenizer))
 
     monkeypatch.setenv("HF_TOKEN", SECRET)
     hub = load_model("some-org/some-model", revision="abc123", device="cpu")

@@ -1,7 +1,8 @@
 """LoRA adapters attached to a loaded model for a block, and removed again afterwards.
 
 peft injects adapters into the model's modules in place; these context managers undo that
-on exit, so the shared (cached) base model computes exactly what it did before.
+on exit, so the shared (cached) base model computes exactly what it did before. torch and
+peft are imported where used: the definitions load without them.
 """
 
 from __future__ import annotations
@@ -12,15 +13,14 @@ import dataclasses
 import functools
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-import torch
-from peft import LoraConfig, PeftModel, get_peft_model
-from peft.tuners.lora import Linear as LoraLinear
-from peft.tuners.lora import LoraLayer
-from transformers import PreTrainedModel
+from typing import TYPE_CHECKING, Any
 
 from big5_dagster.lib.engine.loading import LoadedModel
+
+if TYPE_CHECKING:
+    import torch
+    from peft import PeftModel
+    from transformers import PreTrainedModel
 
 
 @contextlib.contextmanager
@@ -45,6 +45,8 @@ def lora_adapter(model: PreTrainedModel, adapters: Mapping[str, Path]) -> Iterat
     again and ``model`` computes exactly what it did before. Do not use ``model`` elsewhere
     (other threads) while adapters are attached: rows without ``adapter_names`` would use one.
     """
+    from peft import PeftModel
+
     if not adapters:
         raise ValueError("lora_adapter needs at least one adapter")
     for path in adapters.values():
@@ -80,6 +82,9 @@ def random_lora_adapter(
     and an adapter that changes the logits is what makes the expert differ from the base.
     Unloaded again on exit, like :func:`lora_adapter`.
     """
+    import torch
+    from peft import LoraConfig, get_peft_model
+
     config = LoraConfig(
         r=r,
         lora_alpha=lora_alpha,
@@ -151,6 +156,10 @@ class RowMaskedLora:
     def supports(model: Any, adapter_names: Sequence[str]) -> bool:
         """Whether every layer holding one of the named adapters is a plain, unmerged LoRA
         linear layer (no DoRA or other variant, no embedding or convolution LoRA)."""
+        from peft import PeftModel
+        from peft.tuners.lora import Linear as LoraLinear
+        from peft.tuners.lora import LoraLayer
+
         if not isinstance(model, PeftModel):
             return False
         named = {a for a in adapter_names if a != BASE_ADAPTER}
@@ -167,6 +176,8 @@ class RowMaskedLora:
         return True
 
     def set_rows(self, adapter_names: Sequence[str]) -> None:
+        import torch
+
         names = list(adapter_names)
         self.masks = {
             a: torch.tensor([n == a for n in names], dtype=self._dtype, device=self._device)
@@ -183,6 +194,8 @@ class RowMaskedLora:
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
         """The named adapters active with their row masks; the previous state restored after."""
+        from peft.tuners.lora import LoraLayer
+
         if not self.adapters:
             with self.model.disable_adapter():
                 yield

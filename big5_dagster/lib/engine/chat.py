@@ -9,11 +9,12 @@ here adds or removes system messages.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING, Any
 
 from big5_dagster.lib.engine.types import Conversation
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 def _check_conversation(conversation: Any, index: int) -> list[dict[str, str]]:

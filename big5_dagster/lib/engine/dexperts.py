@@ -29,6 +29,8 @@ prefilled once, so the prefill costs about what plain generation's does. Each st
 forward of 2 (paper) or 3 (classic) times the rows; where the machine's matmul is compute-
 bound at those row counts, that, not the weights read, sets DExperts' cost against plain
 decoding (``big5 bench all`` prints both beside this machine's matmul limit).
+
+torch, transformers and peft are imported where used: the definitions load without them.
 """
 
 from __future__ import annotations
@@ -36,29 +38,28 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
-
-import torch
-from peft import PeftModel
-from transformers import (
-    LogitsProcessor,
-    LogitsProcessorList,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from typing import TYPE_CHECKING, Any, Literal
 
 from big5_dagster.lib.engine.adapters import BASE_ADAPTER
 from big5_dagster.lib.engine.chat import render_chat
 from big5_dagster.lib.engine.generation import GenerationResult, generation_result
+from big5_dagster.lib.engine.inference import inference_mode
 from big5_dagster.lib.engine.kv_decode import DecodeStream, decode
-from big5_dagster.lib.engine.sampling import (
-    CandidateSampler,
-    SamplingParams,
-    repetition_penalties,
-    row_seeds,
-)
+from big5_dagster.lib.engine.sampling import SamplingParams, repetition_penalties, row_seeds
 from big5_dagster.lib.engine.tokens import eos_token_ids
 from big5_dagster.lib.engine.types import Conversation, ProgressCallback
+
+if TYPE_CHECKING:
+    import torch
+    from peft import PeftModel
+    from transformers import (
+        LogitsProcessor,
+        LogitsProcessorList,
+        PreTrainedModel,
+        PreTrainedTokenizerBase,
+    )
+
+    from big5_dagster.lib.engine.candidate_sampler import CandidateSampler
 
 Formula = Literal["paper", "dexperts"]
 
@@ -124,6 +125,8 @@ def combine_logits(
     arithmetic runs only on finite entries, so no -inf - -inf = NaN and no +inf can appear.
     The result is float32 (or float64 when ``base`` is float64).
     """
+    import torch
+
     dtype = torch.float64 if base.dtype == torch.float64 else torch.float32
     base = base.to(dtype)
     expert = expert.to(device=base.device, dtype=dtype)
@@ -175,6 +178,8 @@ one batch: every adapter is attached, each row runs its own)."""
 def _adapter_names(
     model: PreTrainedModel | PeftModel, names: Adapters, n_requests: int, what: str
 ) -> tuple[str, ...]:
+    from peft import PeftModel
+
     per_request = (names,) * n_requests if isinstance(names, str) else tuple(names)
     if len(per_request) != n_requests:
         raise ValueError(
@@ -243,7 +248,7 @@ def _tokenize(
     return ids
 
 
-@torch.inference_mode()
+@inference_mode
 def generate_dexperts(
     model: PreTrainedModel | PeftModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -281,6 +286,10 @@ def generate_dexperts(
     ``sampling.max_new_tokens``. Requests are batched by base prompt length;
     ``progress(done, total)`` is called after each batch.
     """
+    from transformers import LogitsProcessorList
+
+    from big5_dagster.lib.engine.candidate_sampler import CandidateSampler
+
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not requests:
@@ -353,6 +362,8 @@ def _decode_batch(
 ) -> list[Any]:
     """The decoded rows of one batch (``kv_decode.Decoded``), in order; ``batch`` holds the
     requests' indices (for their adapters)."""
+    from peft import PeftModel
+
     n = len(base_ids)
     expert_groups = [expert_ids] if anti_ids is None else [expert_ids, anti_ids]
     groups = 1 + len(expert_groups)  # row blocks: base, expert[, anti-expert]

@@ -11,15 +11,16 @@ import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from filelock import FileLock
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from big5_dagster.lib.common.files import atomic_dir
 from big5_dagster.lib.engine.tokens import set_special_token_ids
 from big5_dagster.lib.engine.types import ModelBackendError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,8 @@ def _remove_stale_staging(target: Path) -> None:
 
 def load_gguf_tokenizer(gguf_path: Path) -> PreTrainedTokenizerBase:
     """The tokenizer (vocabulary, merges, chat template, special tokens) stored in a GGUF file."""
+    from transformers import AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -126,6 +129,9 @@ def convert_gguf_checkpoint(
     crash never leaves a half-written model under the final name. ``record`` is saved in it as
     conversion.json (what it was made from).
     """
+    import torch
+    from transformers import AutoModelForCausalLM
+
     started = time.perf_counter()
     tokenizer = load_gguf_tokenizer(gguf_path)
     model = AutoModelForCausalLM.from_pretrained(

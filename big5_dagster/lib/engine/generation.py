@@ -1,26 +1,25 @@
-"""Chat generation: batched, left-padded, seeded per prompt, in input order."""
+"""Chat generation: batched, left-padded, seeded per prompt, in input order.
+
+torch and transformers are imported where used: the definitions load without them.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
-
-import torch
-from transformers import LogitsProcessor, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING, Literal
 
 from big5_dagster.lib.engine.chat import render_chat
+from big5_dagster.lib.engine.inference import inference_mode
 from big5_dagster.lib.engine.kv_decode import Decoded, decode_rows
 from big5_dagster.lib.engine.loading import LoadedModel
-from big5_dagster.lib.engine.sampling import (
-    CandidateSampler,
-    SamplingParams,
-    repetition_penalties,
-    row_seeds,
-)
+from big5_dagster.lib.engine.sampling import SamplingParams, repetition_penalties, row_seeds
 from big5_dagster.lib.engine.tokens import eos_token_ids
 from big5_dagster.lib.engine.types import Conversation, ProgressCallback
+
+if TYPE_CHECKING:
+    from transformers import LogitsProcessor, PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -56,7 +55,7 @@ def encode_rendered(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) 
     return encoded
 
 
-@torch.inference_mode()
+@inference_mode
 def generate_chat(
     loaded: LoadedModel,
     conversations: Sequence[Conversation],
@@ -79,7 +78,7 @@ def generate_chat(
     )
 
 
-@torch.inference_mode()
+@inference_mode
 def generate_from_text(
     loaded: LoadedModel,
     prompts: Sequence[str],
@@ -100,6 +99,8 @@ def generate_from_text(
     (e.g. masks), then temperature, top-k and top-p (``CandidateSampler``), in transformers'
     order. ``progress(done, total)`` is called after each batch.
     """
+    from big5_dagster.lib.engine.candidate_sampler import CandidateSampler
+
     if not prompts:
         return []
     tokenizer, model = loaded.tokenizer, loaded.model
@@ -129,7 +130,7 @@ def generate_from_text(
     return [r for r in results if r is not None]
 
 
-@torch.inference_mode()
+@inference_mode
 def generate_in_row_order(
     loaded: LoadedModel,
     prompts: Sequence[str],
@@ -142,6 +143,8 @@ def generate_in_row_order(
     finished rows. For a forward hook that acts on each row of the batch (one persona's
     steering vector per row). ``seeds``: each row's sampling seed; a row draws exactly what
     it would draw in ``generate_from_text`` under the same seed and prompt."""
+    from big5_dagster.lib.engine.candidate_sampler import CandidateSampler
+
     if len(seeds) != len(prompts):
         raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
     if not prompts:

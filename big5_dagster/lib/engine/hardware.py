@@ -7,15 +7,14 @@ for fp32, 2-6x slower on every hot path but single-row decoding. With AMX (Intel
 AVX512-BF16 (no AMX) 2.2-4.3x at the model's linear shapes and 2.2-2.7x on the inventory and
 decoding paths (``big5 bench dtypes``, 2026-12-03). ``dtype: auto`` therefore picks bf16
 wherever the hardware multiplies it natively: AVX512-BF16 or AMX on a CPU, or a CUDA GPU
-that supports it; everywhere else fp32.
+that supports it; everywhere else fp32. torch is imported where used: the definitions load
+without it.
 """
 
 from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
-
-import torch
 
 
 @cache
@@ -42,5 +41,7 @@ def auto_dtype(device: str, flags: frozenset[str] | set[str] | None = None) -> s
     """The dtype ``dtype: auto`` loads on ``device`` ('cpu' or 'cuda...'): bfloat16 where it
     runs natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX), else float32."""
     if device.startswith("cuda"):
+        import torch
+
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
     return "bfloat16" if native_bf16(flags) else "float32"

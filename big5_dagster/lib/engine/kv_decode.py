@@ -9,13 +9,15 @@ and DExperts: each model is a :class:`DecodeStream` fed only the newest token pe
 - A prefix shared by every prompt (a persona's system turn and instructions) can be
   computed once (:class:`PrefixCache`) and copied to the rows of many batches; each row's
   suffix is padded *between* the prefix and the suffix, masked out.
-- The cache (:class:`GrowingLayer`) writes new keys and values in place into buffers with
-  spare room, instead of concatenating every layer's cache at every step; the sequence the
-  logits processors see is a view of one preallocated buffer.
+- The cache (``growing_layer.GrowingLayer``) writes new keys and values in place into
+  buffers with spare room, instead of concatenating every layer's cache at every step; the
+  sequence the logits processors see is a view of one preallocated buffer.
 - A row ends at an end-of-sequence token, when a stop rule says its reply is decided, or at
   the token cap. Ended rows ride along (their tokens are ignored) until they are at least
   ``compact_fraction`` of the batch, then leave the batch and the caches at once: dropping
   rows copies every layer's cache, so it is done in bulk.
+
+torch and transformers are imported where used: the definitions load without them.
 """
 
 from __future__ import annotations
@@ -24,14 +26,16 @@ import contextlib
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
-
-import torch
-from transformers import Cache, DynamicCache, LogitsProcessorList
-from transformers.cache_utils import DynamicLayer
+from typing import TYPE_CHECKING, Any, Literal
 
 from big5_dagster.lib.engine.adapters import RowMaskedLora
-from big5_dagster.lib.engine.sampling import CandidateSampler
+from big5_dagster.lib.engine.inference import inference_mode
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import Cache
+
+    from big5_dagster.lib.engine.candidate_sampler import CandidateSampler
 
 FinishReason = Literal["eos", "stop", "length"]
 
@@ -40,85 +44,14 @@ def model_device(model: Any) -> torch.device:
     return next(model.parameters()).device
 
 
-class GrowingLayer(DynamicLayer):
-    """A dynamic KV layer that appends in place into spare room instead of concatenating.
-
-    ``keys``/``values`` are views of the first ``length`` positions of larger buffers; the
-    buffers grow (by at least ``reserve`` positions, and by half when larger) only when full.
-    """
-
-    def __init__(self, reserve: int = 64) -> None:
-        super().__init__()
-        self.reserve = max(1, int(reserve))
-        self._k: torch.Tensor | None = None
-        self._v: torch.Tensor | None = None
-        self.length = 0
-
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        self.device = key_states.device
-        self.keys = key_states[:, :, :0]
-        self.values = value_states[:, :, :0]
-        self.is_initialized = True
-
-    def _grow(self, key_states: torch.Tensor, value_states: torch.Tensor, need: int) -> None:
-        batch, heads, _, k_dim = key_states.shape
-        capacity = 0 if self._k is None else self._k.shape[-2]
-        size = need + max(self.reserve, capacity // 2)
-        k = key_states.new_empty((batch, heads, size, k_dim))
-        v = value_states.new_empty((batch, heads, size, value_states.shape[-1]))
-        if self.length and self._k is not None and self._v is not None:
-            k[:, :, : self.length] = self._k[:, :, : self.length]
-            v[:, :, : self.length] = self._v[:, :, : self.length]
-        self._k, self._v = k, v
-
-    def update(
-        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        start, need = self.length, self.length + key_states.shape[-2]
-        if self._k is None or need > self._k.shape[-2]:
-            self._grow(key_states, value_states, need)
-        assert self._k is not None and self._v is not None
-        self._k[:, :, start:need] = key_states
-        self._v[:, :, start:need] = value_states
-        self.length = need
-        self.keys = self._k[:, :, :need]
-        self.values = self._v[:, :, :need]
-        return self.keys, self.values
-
-    def get_seq_length(self) -> int:
-        return self.length
-
-    def _reindex(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        if self._k is not None and self._v is not None:
-            self._k, self._v = fn(self._k), fn(self._v)
-            self.keys = self._k[:, :, : self.length]
-            self.values = self._v[:, :, : self.length]
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        self._reindex(lambda t: t.repeat_interleave(repeats, dim=0))
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self._reindex(lambda t: t.index_select(0, indices.to(t.device)))
-
-    def crop(self, tokens_to_remove: int) -> None:
-        if tokens_to_remove > 0:
-            raise ValueError("crop takes a negative number of tokens to remove")
-        if tokens_to_remove and self.is_initialized:
-            self.length = max(0, self.length + tokens_to_remove)
-            self._reindex(lambda t: t)
-
-    def reset(self) -> None:
-        self._k = self._v = None
-        self.length = 0
-        super().reset()
-
-
 def kv_cache(config: Any, reserve: int) -> Cache:
     """An empty KV cache for a model with ``config``: in-place growing layers with room for
     ``reserve`` more tokens; transformers' DynamicCache when the model has layers of another
     kind (sliding windows, linear attention), which need their own cache layers."""
+    from transformers import Cache, DynamicCache
+
+    from big5_dagster.lib.engine.growing_layer import GrowingLayer
+
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     layer_types = getattr(text_config, "layer_types", None) or []
     if any(kind != "full_attention" for kind in layer_types):
@@ -130,6 +63,8 @@ class PrefixCache:
     """The KV cache of one token prefix (batch 1), computed once and copied for many batches."""
 
     def __init__(self, model: Any, ids: Sequence[int], *, reserve: int) -> None:
+        import torch
+
         self.ids = [int(i) for i in ids]
         self.cache = kv_cache(model.config, reserve)
         if self.ids:
@@ -171,6 +106,8 @@ class DecodeStream:
         prefix: PrefixCache | None = None,
         distinct_rows: bool = False,
     ) -> None:
+        import torch
+
         if not prompt_ids:
             raise ValueError("DecodeStream needs at least one prompt")
         self.model = model
@@ -242,6 +179,8 @@ class DecodeStream:
 
     def prefill(self) -> torch.Tensor:
         """Run the prompts' suffixes; the next-token logits of every row, shape (rows, vocab)."""
+        import torch
+
         unique_rows = self._unique_rows
         width = self.length - self._prefix_len
         input_ids = torch.full((len(unique_rows), width), self._pad_token_id, dtype=torch.long)
@@ -308,11 +247,11 @@ class Decoded:
 StopRule = Callable[[list[int]], bool]
 """Given a row's generated tokens so far, whether its reply is decided (it may end)."""
 
-ScoresFn = Callable[[int, torch.Tensor, list[torch.Tensor]], torch.Tensor]
+ScoresFn = Callable[[int, "torch.Tensor", list["torch.Tensor"]], "torch.Tensor"]
 """(step, the rows' sequences, each row block's raw logits) -> the scores to draw from."""
 
 
-@torch.inference_mode()
+@inference_mode
 def decode(
     streams: Sequence[tuple[DecodeStream, int]],
     prompt_ids: Sequence[Sequence[int]],
@@ -335,6 +274,8 @@ def decode(
     into the scores to draw from; ``sampler`` draws (None: greedy argmax).
     ``on_prefill(blocks)`` receives the raw next-token logits right after the prompts.
     """
+    import torch
+
     n = len(prompt_ids)
     device = streams[0][0].device
     width = max(len(ids) for ids in prompt_ids)
@@ -401,7 +342,7 @@ def decode(
     return [Decoded(outputs[row], reasons[row] or "length") for row in range(n)]
 
 
-@torch.inference_mode()
+@inference_mode
 def decode_rows(
     model: Any,
     prompt_ids: Sequence[Sequence[int]],
@@ -426,6 +367,8 @@ def decode_rows(
     to its rows. ``on_prefill(logits)`` receives the raw next-token logits after each prompt.
     ``distinct_rows``: no identical prompts merged in the prefill (see :class:`DecodeStream`).
     """
+    from transformers import LogitsProcessorList
+
     if not prompt_ids:
         return []
     if prefix is None and share_prefix:

@@ -7,16 +7,16 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 from big5_dagster.lib.engine.chat import render_chat
 from big5_dagster.lib.engine.generation import batches_by_length
+from big5_dagster.lib.engine.inference import inference_mode
 from big5_dagster.lib.engine.loading import LoadedModel
 from big5_dagster.lib.engine.scoring import left_padded_forward
 from big5_dagster.lib.engine.types import Conversation
 
 
-@torch.inference_mode()
+@inference_mode
 def continuation_nll(
     loaded: LoadedModel,
     prompts: Sequence[str | Conversation],
@@ -31,6 +31,8 @@ def continuation_nll(
     empty continuation has 0 tokens and NaN NLL. Rows are left-padded with positions counted
     over real tokens only, so a row's value does not depend on its batch.
     """
+    import torch
+
     if len(prompts) != len(continuations):
         raise ValueError(f"got {len(prompts)} prompts for {len(continuations)} continuations")
     tokenizer = loaded.tokenizer

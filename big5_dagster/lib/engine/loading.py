@@ -22,15 +22,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-
-import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from big5_dagster.lib.common.hashing import hash_bytes
 from big5_dagster.lib.engine.embedded import EMBEDDED, EMBEDDED_MODEL_ID, ensure_embedded_model
@@ -38,15 +30,14 @@ from big5_dagster.lib.engine.hardware import auto_dtype
 from big5_dagster.lib.engine.tokens import set_special_token_ids
 from big5_dagster.lib.engine.types import Device, Dtype, DtypeSetting, ModelBackendError
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 log = logging.getLogger(__name__)
 
 HF_TOKEN_ENV = "HF_TOKEN"
 
-_TORCH_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
+_DTYPES: tuple[str, ...] = get_args(Dtype)
 
 
 # Files whose bytes decide what a checkpoint computes besides the weights (prompts included).
@@ -133,6 +124,8 @@ def _hub_token() -> str | bool:
 def _resolve_device(device: Device) -> str:
     if device == "cpu":
         return "cpu"
+    import torch
+
     if device == "cuda" and not torch.cuda.is_available():
         raise ModelBackendError("device='cuda' was requested but torch sees no CUDA GPU")
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -179,14 +172,17 @@ def load_model(
     dtype chosen, so results computed in another dtype never pass for these. The tokenizer
     pads on the left.
     """
-    if dtype not in (*_TORCH_DTYPES, "auto"):
-        raise ModelBackendError(f"dtype {dtype!r} is not one of {sorted([*_TORCH_DTYPES, 'auto'])}")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if dtype not in (*_DTYPES, "auto"):
+        raise ModelBackendError(f"dtype {dtype!r} is not one of {sorted([*_DTYPES, 'auto'])}")
     kind, model_id = resolve_model_source(base_model, models_dir)
     target = _resolve_device(device)
     if dtype == "auto":
         dtype = auto_dtype(target)  # type: ignore[assignment]
         log.info("dtype auto: %s on %s", dtype, target)
-    load_kwargs: dict[str, Any] = {"dtype": _TORCH_DTYPES[dtype]}
+    load_kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype)}
     if target == "cuda":
         load_kwargs["device_map"] = "auto"
 

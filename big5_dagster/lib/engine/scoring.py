@@ -1,20 +1,26 @@
-"""Option scoring: next-token log-probabilities of single-token answer options."""
+"""Option scoring: next-token log-probabilities of single-token answer options.
+
+torch is imported where used: the definitions load without it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from transformers import PreTrainedTokenizerBase
 
 from big5_dagster.lib.engine.chat import render_chat
 from big5_dagster.lib.engine.generation import batches_by_length
+from big5_dagster.lib.engine.inference import inference_mode
 from big5_dagster.lib.engine.kv_decode import PrefixCache, common_prefix_length
 from big5_dagster.lib.engine.loading import LoadedModel
 from big5_dagster.lib.engine.types import Conversation, ProgressCallback
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,8 @@ def option_token_ids(
 
 def left_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token rows right-aligned in one tensor (pads on the left) and the mask of real tokens."""
+    import torch
+
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -104,7 +112,7 @@ def left_padded_forward(loaded: LoadedModel, rows: Sequence[Sequence[int]], **kw
     )
 
 
-@torch.inference_mode()
+@inference_mode
 def score_options(
     loaded: LoadedModel,
     prompts: Sequence[str | Conversation],
@@ -122,6 +130,8 @@ def score_options(
     only each prompt's own suffix is run; only the last position's logits are computed. Call
     once per group of prompts sharing a long prefix (e.g. per persona system prompt).
     """
+    import torch
+
     tokenizer, model = loaded.tokenizer, loaded.model
     texts = [
         p if isinstance(p, str) else render_chat(tokenizer, p, index=i)

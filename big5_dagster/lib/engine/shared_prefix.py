@@ -1,32 +1,32 @@
 """Generation over prompts that share a long prefix (one persona's inventory items): the
-prefix is prefilled once, every row samples from its own seeded stream."""
+prefix is prefilled once, every row samples from its own seeded stream. torch is imported
+where used: the definitions load without it."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from big5_dagster.lib.engine.chat import render_chat
 from big5_dagster.lib.engine.generation import GenerationResult, generation_result
+from big5_dagster.lib.engine.inference import inference_mode
 from big5_dagster.lib.engine.kv_decode import PrefixCache, common_prefix_length, decode_rows
 from big5_dagster.lib.engine.loading import LoadedModel
-from big5_dagster.lib.engine.sampling import (
-    CandidateSampler,
-    SamplingParams,
-    repetition_penalties,
-    row_seeds,
-)
+from big5_dagster.lib.engine.sampling import SamplingParams, repetition_penalties, row_seeds
 from big5_dagster.lib.engine.scoring import OptionScores, option_token_ids
 from big5_dagster.lib.engine.tokens import eos_token_ids
 from big5_dagster.lib.engine.types import Conversation, ProgressCallback
+
+if TYPE_CHECKING:
+    import torch
 
 TextStop = Callable[[str], bool]
 """Given a reply's text so far, whether it is decided (generation may stop there)."""
 
 
-@torch.inference_mode()
+@inference_mode
 def generate_with_shared_prefix(
     loaded: LoadedModel,
     prompts: Sequence[str | Conversation],
@@ -50,9 +50,9 @@ def generate_with_shared_prefix(
     tokens (up to float rounding in near-ties).
 
     Sampling (``params.do_sample``) is reproducible per row: prompt i is sampled with its own
-    random stream seeded by ``seeds[i]`` (``sampling.CandidateSampler``), so its reply does
-    not depend on the batch size, on the other prompts in the call, or on which prompts a
-    cache already answered. ``seeds`` None derives one seed per prompt from ``params.seed``
+    random stream seeded by ``seeds[i]`` (``candidate_sampler.CandidateSampler``), so its
+    reply does not depend on the batch size, on the other prompts in the call, or on which
+    prompts a cache already answered. ``seeds`` None derives one seed per prompt from ``params.seed``
     and the prompt's index (``row_seeds``). The distribution is that of transformers'
     temperature, top-k, top-p and repetition penalty; the global torch RNG is not used.
 
@@ -69,7 +69,7 @@ def generate_with_shared_prefix(
     return results
 
 
-@torch.inference_mode()
+@inference_mode
 def generate_and_score_with_shared_prefix(
     loaded: LoadedModel,
     prompts: Sequence[str | Conversation],
@@ -108,6 +108,8 @@ def _generate_shared(
     use_prefix_cache: bool,
     stop: TextStop | None,
 ) -> tuple[list[GenerationResult], OptionScores | None]:
+    from big5_dagster.lib.engine.candidate_sampler import CandidateSampler
+
     tokenizer, model = loaded.tokenizer, loaded.model
     texts = [
         p if isinstance(p, str) else render_chat(tokenizer, p, index=i)

@@ -13,6 +13,7 @@ A layer's "output" is the residual stream after decoder layer ``layer``: the hid
 sees. transformers applies the final norm to the last entry, so the last layer is not a
 steering layer. Steering adds ``sign * coef * typical_norm[layer] * unit_direction`` at every
 position (prompt and generated tokens), sign + for a high persona and - for a low one.
+torch and safetensors are imported where used: the definitions load without them.
 """
 
 from __future__ import annotations
@@ -22,11 +23,9 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-import torch
-from safetensors.torch import load_file, save_file
 
 from big5_dagster.lib.common.files import atomic_file
 from big5_dagster.lib.engine.chat import render_chat
@@ -35,10 +34,14 @@ from big5_dagster.lib.engine.generation import (
     batches_by_length,
     generate_in_row_order,
 )
+from big5_dagster.lib.engine.inference import inference_mode
 from big5_dagster.lib.engine.loading import LoadedModel
 from big5_dagster.lib.engine.sampling import SamplingParams
 from big5_dagster.lib.engine.scoring import left_padded_forward
 from big5_dagster.lib.engine.types import Conversation
+
+if TYPE_CHECKING:
+    import torch
 
 VARIANTS: tuple[str, ...] = ("grounded", "prompted")
 LEVEL_SIGN = {"high": 1.0, "low": -1.0}
@@ -50,6 +53,8 @@ class SteeringBackendError(RuntimeError):
 
 def decoder_layers(model: Any) -> torch.nn.ModuleList:
     """The decoder layers of a causal LM, through a peft wrapper if there is one."""
+    import torch
+
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder = base.get_decoder() if hasattr(base, "get_decoder") else getattr(base, "model", None)
     layers = getattr(decoder, "layers", None)
@@ -136,6 +141,8 @@ def generate_steered(
     ``batch_size`` rows in input order, each batch with its rows' vectors stacked
     (``generate_in_row_order``), so rows steered differently share a batch and each row draws
     what a call for it alone would draw under ``seeds[i]``."""
+    import torch
+
     if not len(prompts) == len(vectors) == len(seeds):
         raise ValueError(
             f"got {len(prompts)} prompts, {len(vectors)} vectors and {len(seeds)} seeds"
@@ -150,7 +157,7 @@ def generate_steered(
     return results
 
 
-@torch.inference_mode()
+@inference_mode
 def reply_states(
     loaded: LoadedModel,
     prompts: Sequence[Conversation],
@@ -161,6 +168,8 @@ def reply_states(
     """Per row, at every steering layer: the mean hidden state over the reply's tokens after
     the prompt (rendered with its assistant header), fp32 [rows, layers, hidden]; and the mean
     token norm there [rows, layers]. A reply with no tokens is an error naming its row."""
+    import torch
+
     if len(prompts) != len(replies):
         raise ValueError(f"got {len(prompts)} prompts for {len(replies)} replies")
     tokenizer, model = loaded.tokenizer, loaded.model
@@ -188,12 +197,14 @@ def reply_states(
     return means, norms
 
 
-@torch.inference_mode()
+@inference_mode
 def last_prompt_states(
     loaded: LoadedModel, prompts: Sequence[Conversation], *, batch_size: int = 16
 ) -> torch.Tensor:
     """The hidden state of each prompt's last token (the assistant header) at every steering
     layer, fp32 [rows, layers, hidden]: what the reply is generated from."""
+    import torch
+
     tokenizer, model = loaded.tokenizer, loaded.model
     layers = steering_layers(model)
     ids_list = [
@@ -224,6 +235,8 @@ class PersonaVectors:
 
     def direction(self, variant: str, trait: str, layer: int) -> torch.Tensor:
         """The unit direction of ``trait`` at ``layer`` (high minus low)."""
+        import torch
+
         if variant not in self.directions:
             raise ValueError(f"unknown steering variant {variant!r}: expected {list(VARIANTS)}")
         if layer not in self.layers:
@@ -243,6 +256,8 @@ class PersonaVectors:
 
     def summary(self) -> pd.DataFrame:
         """Per trait and layer: each variant's raw norm, their cosine and the typical norm."""
+        import torch
+
         rows = []
         grounded, prompted = self.directions["grounded"], self.directions["prompted"]
         for t, trait in enumerate(self.traits):
@@ -263,6 +278,8 @@ class PersonaVectors:
 
     def save(self, path: Path) -> Path:
         """One safetensors file, written atomically; the index lists go into its metadata."""
+        from safetensors.torch import save_file
+
         tensors = {f"direction.{v}": d.contiguous() for v, d in self.directions.items()}
         tensors["typical_norm"] = self.typical_norm.contiguous()
         metadata = {
@@ -277,6 +294,7 @@ class PersonaVectors:
     @classmethod
     def load(cls, path: Path) -> PersonaVectors:
         from safetensors import safe_open
+        from safetensors.torch import load_file
 
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
