@@ -16,9 +16,9 @@ from big5_dagster.lib.engine.hardware import auto_dtype
 from big5_dagster.lib.training.adapted import load_adapted_model
 from big5_dagster.lib.training.dpo import train_dpo
 from big5_dagster.lib.training.inputs import normalize_prompts
+from big5_dagster.lib.training.progress_lines import ProgressLines
 from big5_dagster.lib.training.runs import (
     RUN_SETTINGS_FILE,
-    ProgressLines,
     count_training_tokens,
     last_complete_checkpoint,
 )

@@ -29,7 +29,8 @@ Saved folders hold ``classifier.json`` (kind, settings, thresholds) plus ``model
 (scikit-learn pipelines; joblib unpickles, so load only folders this pipeline wrote) or an
 ``encoder/`` folder (``save_pretrained``). Folders are written atomically.
 
-Pure logic (no Dagster).
+Pure logic (no Dagster). scikit-learn, transformers and torch are imported where used: the
+definitions load without them.
 """
 
 from __future__ import annotations
@@ -44,9 +45,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import sklearn
-import torch
-import transformers
 
 from big5_dagster.lib.common.files import atomic_dir
 from big5_dagster.lib.experts.classifier_spec import ClassifierError, ClassifierSpec
@@ -202,6 +200,10 @@ class TraitClassifier(ABC):
 
     def save(self, folder: Path) -> Path:
         """Write the classifier to ``folder`` atomically (replacing what was there)."""
+        import sklearn
+        import torch
+        import transformers
+
         folder = Path(folder)
         record = {
             "kind": self.kind,

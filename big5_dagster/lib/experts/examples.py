@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from transformers import PreTrainedTokenizerBase
 
 from big5_dagster.lib.engine.generation import GenerationResult
 from big5_dagster.lib.engine.loading import LoadedModel
@@ -25,6 +25,9 @@ from big5_dagster.lib.engine.sampling import SamplingParams
 from big5_dagster.lib.engine.shared_prefix import generate_with_shared_prefix
 from big5_dagster.lib.prompts import expert_messages
 from big5_dagster.lib.traits import LEVELS, TRAITS, Persona
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 PREFIX_WORDS = 5
 """Words of a post the expert is given (the paper's input); the rest is its target."""

@@ -13,7 +13,6 @@ posts drifts off-target exactly as much as the posts themselves do.
 from __future__ import annotations
 
 import pandas as pd
-from scipy.stats import binomtest
 
 from big5_dagster.lib.traits import LEVELS, TRAITS
 
@@ -33,6 +32,8 @@ GATE_LEVEL_COLUMNS: tuple[str, ...] = (
 
 def binomial_p(hits: int, n: int) -> float:
     """One-sided binomial test of ``hits`` of ``n`` against chance (accuracy > 0.5)."""
+    from scipy.stats import binomtest
+
     return float(binomtest(hits, n, CHANCE, alternative="greater").pvalue) if n else float("nan")
 
 

@@ -1,4 +1,8 @@
-"""RoBERTa regression on the normal CDF of the z-scores: the paper profile's trait classifier."""
+"""RoBERTa regression on the normal CDF of the z-scores: the paper profile's trait classifier.
+
+torch, transformers, datasets and scipy are imported where used: the definitions load without
+them.
+"""
 
 from __future__ import annotations
 
@@ -7,25 +11,12 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import datasets
 import numpy as np
 import pandas as pd
-import torch
-import transformers
-from scipy.stats import norm
-from transformers import (
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    DataCollatorWithPadding,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    PrinterCallback,
-    Trainer,
-    TrainingArguments,
-)
 
+from big5_dagster.lib.engine.inference import inference_mode
 from big5_dagster.lib.experts.classifier_base import (
     ENCODER_FOLDER,
     TraitClassifier,
@@ -33,9 +24,12 @@ from big5_dagster.lib.experts.classifier_base import (
     check_texts,
 )
 from big5_dagster.lib.experts.classifier_spec import ClassifierError, ClassifierSpec
-from big5_dagster.lib.training.runs import ProgressLines
 from big5_dagster.lib.training.specs import Progress
 from big5_dagster.lib.traits import TRAITS
+
+if TYPE_CHECKING:
+    import datasets
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 PROGRESS_LINES = 20
@@ -43,6 +37,8 @@ PROGRESS_LINES = 20
 
 def cdf_targets(posts: pd.DataFrame) -> np.ndarray:
     """float32 (n_posts, 5): the standard normal CDF of each trait's z-score, in TRAITS order."""
+    from scipy.stats import norm
+
     missing = [t for t in TRAITS if t not in posts.columns]
     if missing:
         raise ClassifierError(f"posts lack trait score columns {missing}")
@@ -65,6 +61,8 @@ def regression_training_rows(posts: pd.DataFrame) -> pd.DataFrame:
 
 
 def _resolve_device(device: str) -> str:
+    import torch
+
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
@@ -103,6 +101,8 @@ class RobertaRegressionClassifier(TraitClassifier):
 
     def _load_pretrained(self, location: str | Path, *, new_head: bool = False) -> None:
         """Tokenizer + 5-output regression model; ``new_head``: a checkpoint's own head is replaced."""
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
         where, kwargs = _location(location)
         tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
         if tokenizer.pad_token is None:
@@ -120,6 +120,8 @@ class RobertaRegressionClassifier(TraitClassifier):
         self.tokenizer, self.model = tokenizer, model.to(self.device)
 
     def _encode(self, texts: list[str], targets: np.ndarray | None = None) -> datasets.Dataset:
+        import datasets
+
         assert self.tokenizer is not None
         encoded = self.tokenizer(texts, truncation=True, max_length=self.spec.max_length)
         columns: dict[str, Any] = {
@@ -131,6 +133,17 @@ class RobertaRegressionClassifier(TraitClassifier):
         return datasets.Dataset.from_dict(columns)
 
     def fit(self, posts: pd.DataFrame) -> RobertaRegressionClassifier:
+        import torch
+        import transformers
+        from transformers import (
+            DataCollatorWithPadding,
+            PrinterCallback,
+            Trainer,
+            TrainingArguments,
+        )
+
+        from big5_dagster.lib.training.progress_lines import ProgressLines
+
         check_posts(posts, need_scores=True)
         rows = regression_training_rows(posts)
         if len(rows) < 2:
@@ -186,7 +199,7 @@ class RobertaRegressionClassifier(TraitClassifier):
         }
         return self
 
-    @torch.inference_mode()
+    @inference_mode
     def predict_scores(self, texts: Sequence[str], *, batch_size: int | None = None) -> np.ndarray:
         """float (n_texts, 5): the raw regression outputs (predicted CDF values, unclipped)."""
         if self.model is None or self.tokenizer is None or not self._thresholds:

@@ -5,12 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import joblib
 import pandas as pd
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline
 
 from big5_dagster.lib.experts.classifier_base import (
     SKLEARN_FILE,
@@ -21,6 +19,9 @@ from big5_dagster.lib.experts.classifier_base import (
 )
 from big5_dagster.lib.experts.classifier_spec import ClassifierError, ClassifierSpec
 from big5_dagster.lib.traits import TRAITS
+
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
 
 
 class TfidfLogisticClassifier(TraitClassifier):
@@ -34,6 +35,10 @@ class TfidfLogisticClassifier(TraitClassifier):
         self.models: dict[str, Pipeline] = {}
 
     def _pipeline(self) -> Pipeline:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import Pipeline
+
         return Pipeline(
             [
                 (

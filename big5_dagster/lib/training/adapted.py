@@ -1,14 +1,10 @@
-"""A base model with a trained adapter, loaded for generation."""
+"""A base model with a trained adapter, loaded for generation (peft and transformers are
+imported when it loads: the definitions load without them)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-
-from peft import PeftModel
-from transformers import (
-    AutoTokenizer,
-)
 
 from big5_dagster.lib.common.hashing import hash_dir, hash_json
 from big5_dagster.lib.engine.loading import LoadedModel
@@ -35,6 +31,9 @@ def load_adapted_model(
     ``engine.generation.generate_chat``/``engine.scoring.score_options`` work on it. ``merge=True`` folds the adapter
     into the weights (faster; the result is no longer a ``PeftModel``).
     """
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
     adapter_path = Path(adapter_path)
     if not (adapter_path / "adapter_config.json").is_file():
         raise TrainingError(f"{adapter_path} is not a peft adapter folder (no adapter_config.json)")

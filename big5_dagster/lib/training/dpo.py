@@ -1,21 +1,17 @@
-"""DPO (sigmoid loss) on prompt/chosen/rejected rows, from the base or an SFT adapter; resumable."""
+"""DPO (sigmoid loss) on prompt/chosen/rejected rows, from the base or an SFT adapter; resumable.
+
+datasets, transformers, peft and trl are imported where used: the definitions load without
+them.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import datasets
 import pandas as pd
-import transformers
-from peft import PeftModel
-from transformers import (
-    PreTrainedModel,
-    PrinterCallback,
-    TrainerCallback,
-)
-from trl import DPOConfig, DPOTrainer
 
 # trl 1.16 calls a transformers method deprecated in 5.x on every training step.
 from big5_dagster.lib.training.inputs import (
@@ -29,7 +25,6 @@ from big5_dagster.lib.training.inputs import (
 )
 from big5_dagster.lib.training.runs import (
     TRAINED_ADAPTER,
-    ProgressLines,
     run_training,
     settings_of_run,
     training_arguments,
@@ -43,6 +38,11 @@ from big5_dagster.lib.training.specs import (
     TrainingReport,
     TrainSpec,
 )
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel, TrainerCallback
+    from trl import DPOTrainer
 
 
 def _check_init_adapter(init_adapter: Path, lora: LoraSpec | None) -> None:
@@ -87,6 +87,12 @@ def make_dpo_trainer(
     every later stage (evaluation, lm-eval, DExperts-style batching) loads the same way as the
     SFT adapter; a merged start would make the DPO artifact depend on a full merged checkpoint.
     """
+    import datasets
+    import transformers
+    from peft import PeftModel
+    from transformers import PrinterCallback
+    from trl import DPOConfig, DPOTrainer
+
     data = check_frame(pairs, DPO_COLUMNS, "DPO pairs")
     eval_data = prepared_eval(eval_pairs, DPO_COLUMNS, "DPO validation pairs", model_path)
     target = resolve_device(device)
@@ -139,6 +145,8 @@ def train_dpo(
     :func:`make_dpo_trainer` for why). ``metrics`` holds the final and per-step
     rewards/accuracies and rewards/margins (and chosen/rejected rewards).
     """
+    from big5_dagster.lib.training.progress_lines import ProgressLines
+
     data = check_frame(pairs, DPO_COLUMNS, "DPO pairs")
     target = resolve_device(device)
     work_dir = Path(work_dir)

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import pandas as pd
-from transformers import PreTrainedTokenizerBase
 
 from big5_dagster.lib.dialogues.dataset import dropped_counts, usable
 from big5_dagster.lib.engine.chat import render_chat
 from big5_dagster.lib.prompts import persona_instruction
 from big5_dagster.lib.traits import Persona
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 def validation_scenarios(train_ids: Sequence[str], fraction: float, seed: int) -> set[str]:

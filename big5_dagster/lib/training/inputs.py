@@ -1,27 +1,26 @@
-"""Training inputs: checked data frames, prompts as trl should see them, the model and tokenizer."""
+"""Training inputs: checked data frames, prompts as trl should see them, the model and tokenizer.
+
+torch, transformers and datasets are imported where used: the definitions load without them.
+"""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import datasets
 import pandas as pd
-import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
 
 from big5_dagster.lib.engine.hardware import auto_dtype
 from big5_dagster.lib.engine.loading import folder_fingerprint_parts
 
 # trl 1.16 calls a transformers method deprecated in 5.x on every training step.
 from big5_dagster.lib.training.specs import Device, Precision, TrainingError
+
+if TYPE_CHECKING:
+    import datasets
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 def check_frame(frame: pd.DataFrame, columns: Sequence[str], what: str) -> pd.DataFrame:
@@ -51,6 +50,8 @@ def check_frame(frame: pd.DataFrame, columns: Sequence[str], what: str) -> pd.Da
 @contextlib.contextmanager
 def quiet_datasets() -> Iterator[None]:
     """No per-map progress bars from trl's dataset preparation (they flood run logs)."""
+    import datasets
+
     was_enabled = datasets.utils.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:
@@ -79,6 +80,8 @@ def normalize_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]
 
 def resolve_device(device: Device) -> str:
     """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'."""
+    import torch
+
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
@@ -105,6 +108,8 @@ def _model_location(model_path: str | Path) -> tuple[str, dict[str, Any]]:
 
 def load_tokenizer(model_path: str | Path) -> PreTrainedTokenizerBase:
     """The model's tokenizer with a pad token (pad = eos when the model defines none)."""
+    from transformers import AutoTokenizer
+
     location, kwargs = _model_location(model_path)
     tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
     if tokenizer.pad_token is None:
@@ -117,6 +122,9 @@ def load_causal_lm(
 ) -> PreTrainedModel:
     """The model to train (or to adapt) on ``target``: bf16 weights on a CUDA GPU that trains
     in bf16; fp32 elsewhere, where bf16 training autocasts (fp32 optimizer updates)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
     location, kwargs = _model_location(model_path)
     bf16_weights = target == "cuda" and use_bf16(precision, target)
     dtype = torch.bfloat16 if bf16_weights else torch.float32
@@ -138,6 +146,8 @@ def model_identity(model_path: str | Path) -> dict[str, Any]:
 def prepared_eval(
     frame: pd.DataFrame | None, columns: Sequence[str], what: str, model_path: str | Path
 ) -> datasets.Dataset | None:
+    import datasets
+
     if frame is None or frame.empty:
         return None
     data = check_frame(frame, columns, what)

@@ -1,6 +1,7 @@
 """One resumable training run: arguments, checkpoints, progress lines, the report, the atomic result.
 
-Tokens per second are computed one way everywhere (:func:`count_training_tokens`).
+Tokens per second are computed one way everywhere (:func:`count_training_tokens`). torch,
+transformers, peft and trl are imported where used: the definitions load without them.
 """
 
 from __future__ import annotations
@@ -14,35 +15,25 @@ import shutil
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
-import peft
-import torch
-import transformers
-import trl
-from peft import PeftModel
-from transformers import (
-    TrainerCallback,
-    TrainerControl,
-    TrainerState,
-)
-from trl import DPOTrainer, SFTTrainer
 
 from big5_dagster.lib.common.files import atomic_dir
 from big5_dagster.lib.common.hashing import hash_dataframe, hash_dir
 
 # trl 1.16 calls a transformers method deprecated in 5.x on every training step.
 from big5_dagster.lib.common.jsonable import jsonable
-from big5_dagster.lib.common.progress import format_seconds
 from big5_dagster.lib.training.inputs import model_identity, use_bf16
 from big5_dagster.lib.training.specs import (
     LoraSpec,
-    Progress,
     TrainingError,
     TrainingReport,
     TrainSpec,
 )
+
+if TYPE_CHECKING:
+    from trl import DPOTrainer, SFTTrainer
 
 log = logging.getLogger(__name__)
 # trl 1.16 calls a transformers method deprecated in 5.x on every training step.
@@ -188,6 +179,11 @@ def settings_of_run(
 
     Returned as it reads back from JSON (lists, not tuples) so it compares with a saved copy.
     """
+    import peft
+    import torch
+    import transformers
+    import trl
+
     settings = {
         "method": method,
         "model": model_identity(model_path),
@@ -208,49 +204,6 @@ def settings_of_run(
     return json.loads(json.dumps(jsonable(settings), sort_keys=True, default=str))
 
 
-class ProgressLines(TrainerCallback):
-    """Feeds human-readable lines (step, loss, DPO rewards, checkpoints) to ``progress``."""
-
-    def __init__(self, progress: Progress | None, method: str, lines: int | None = None) -> None:
-        """``lines``: report about that many steps (and the last) instead of every log."""
-        self.progress = progress or log.info
-        self.method = method
-        self.lines = lines
-        self.every = 1
-        self._started = time.monotonic()
-        self._first_step = 0
-
-    def on_train_begin(self, args, state: TrainerState, control: TrainerControl, **kwargs):
-        if self.lines:
-            self.every = max(1, state.max_steps // self.lines)
-        self._started, self._first_step = time.monotonic(), state.global_step
-        self.progress(f"{self.method}: training for {state.max_steps} steps")
-
-    def on_log(self, args, state: TrainerState, control: TrainerControl, logs=None, **kwargs):
-        if not logs or "loss" not in logs:
-            return
-        if state.global_step % self.every and state.global_step != state.max_steps:
-            return
-        parts = [
-            f"{self.method} step {state.global_step}/{state.max_steps}",
-            f"loss {logs['loss']:.4f}",
-        ]
-        for key in ("rewards/accuracies", "rewards/margins"):
-            if key in logs:
-                parts.append(f"{key} {logs[key]:.3f}")
-        if "learning_rate" in logs:
-            parts.append(f"lr {logs['learning_rate']:.2e}")
-        done = state.global_step - self._first_step  # a resumed run counts its own steps
-        if done > 0 and state.global_step < state.max_steps:
-            per_step = (time.monotonic() - self._started) / done
-            left = per_step * (state.max_steps - state.global_step)
-            parts.append(f"about {format_seconds(left)} left")
-        self.progress(", ".join(parts))
-
-    def on_save(self, args, state: TrainerState, control: TrainerControl, **kwargs):
-        self.progress(f"{self.method}: saved checkpoint-{state.global_step}")
-
-
 _DPO_CURVES = ("rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected")
 
 
@@ -260,6 +213,8 @@ def _curve(history: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
 
 def _peak_memory_mb(target: str) -> float:
     if target == "cuda":
+        import torch
+
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
@@ -279,6 +234,8 @@ def run_training(
         resume_step = int(json.loads((resume / _TRAINER_STATE).read_text())["global_step"])
         log.info("resuming %s from %s", method, resume)
     if target == "cuda":
+        import torch
+
         torch.cuda.reset_peak_memory_stats()
     tokens_per_epoch = count_training_tokens(trainer)
     before = None
@@ -346,6 +303,8 @@ def _save_result(
     trainer: SFTTrainer | DPOTrainer, output_dir: Path, run_settings: dict[str, Any]
 ) -> None:
     """The adapter (only the trained one, not DPO's reference copy) or full model + tokenizer."""
+    from peft import PeftModel
+
     model = trainer.accelerator.unwrap_model(trainer.model)
     with atomic_dir(Path(output_dir)) as tmp:
         if isinstance(model, PeftModel):

@@ -1,18 +1,15 @@
-"""Supervised fine-tuning on prompt/completion rows (completion-only loss), resumable, atomic."""
+"""Supervised fine-tuning on prompt/completion rows (completion-only loss), resumable, atomic.
+
+datasets, transformers and trl are imported where used: the definitions load without them.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import datasets
 import pandas as pd
-import transformers
-from transformers import (
-    PrinterCallback,
-    TrainerCallback,
-)
-from trl import SFTConfig, SFTTrainer
 
 # trl 1.16 calls a transformers method deprecated in 5.x on every training step.
 from big5_dagster.lib.training.inputs import (
@@ -25,7 +22,6 @@ from big5_dagster.lib.training.inputs import (
     resolve_device,
 )
 from big5_dagster.lib.training.runs import (
-    ProgressLines,
     run_training,
     settings_of_run,
     training_arguments,
@@ -38,6 +34,10 @@ from big5_dagster.lib.training.specs import (
     TrainingReport,
     TrainSpec,
 )
+
+if TYPE_CHECKING:
+    from transformers import TrainerCallback
+    from trl import SFTTrainer
 
 
 def make_sft_trainer(
@@ -54,6 +54,11 @@ def make_sft_trainer(
     """An ``SFTTrainer`` on prompt/completion data with completion-only loss (not yet trained).
 
     ``eval_examples`` (same columns) become the evaluation set scored after training."""
+    import datasets
+    import transformers
+    from transformers import PrinterCallback
+    from trl import SFTConfig, SFTTrainer
+
     data = check_frame(examples, SFT_COLUMNS, "SFT examples")
     eval_data = prepared_eval(eval_examples, SFT_COLUMNS, "SFT validation examples", model_path)
     target = resolve_device(device)
@@ -98,6 +103,8 @@ def train_sft(
     ``lora=None`` fine-tunes every weight and writes a full model; otherwise a LoRA adapter.
     ``output_dir`` receives the adapter (or model), the tokenizer and run_settings.json.
     """
+    from big5_dagster.lib.training.progress_lines import ProgressLines
+
     data = check_frame(examples, SFT_COLUMNS, "SFT examples")
     target = resolve_device(device)
     work_dir = Path(work_dir)

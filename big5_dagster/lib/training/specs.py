@@ -36,14 +36,14 @@ import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
-
-import torch
-from peft import LoraConfig
-from transformers import PreTrainedModel
+from typing import TYPE_CHECKING, Any, Literal
 
 # trl 1.16 calls a transformers method deprecated in 5.x on every training step.
 from big5_dagster.lib.common.jsonable import jsonable
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
+    from transformers import PreTrainedModel
 
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "float32", "bfloat16"]
@@ -85,6 +85,9 @@ class LoraSpec:
 
     def peft_config(self, model: PreTrainedModel | None = None) -> LoraConfig:
         """peft's config; ``model`` (the model to adapt) is needed when ``top_layers`` is set."""
+        import torch
+        from peft import LoraConfig
+
         modules = (
             self.target_modules
             if isinstance(self.target_modules, str)
