@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from big5_dagster.lib.corpora import hub
 from big5_dagster.lib.corpora.hub import load_posts, load_scenarios, seeded_row_sample
 from big5_dagster.lib.corpora.labels import label_and_split
 from big5_dagster.lib.corpora.schema import (
@@ -115,7 +114,7 @@ def test_hub_path_loads_through_datasets_with_token_from_env(
         calls.append({"path": path, "split": split, "token": token})
         return real_load("parquet", data_files=str(parquet), split="train", cache_dir=cache_dir)
 
-    monkeypatch.setattr(hub.datasets, "load_dataset", offline_hub)
+    monkeypatch.setattr(datasets, "load_dataset", offline_hub)
     monkeypatch.setenv("HF_TOKEN", "hf_test_secret_token")
     with caplog.at_level(logging.DEBUG):
         posts, source = load_posts(
@@ -309,7 +308,7 @@ def test_soda_hub_path_uses_the_split_and_prefixes_ids(tmp_path, cache_dir, monk
         calls.append((path, split))
         return real_load("parquet", data_files=str(parquet), split="train", cache_dir=cache_dir)
 
-    monkeypatch.setattr(hub.datasets, "load_dataset", offline_hub)
+    monkeypatch.setattr(datasets, "load_dataset", offline_hub)
     scenarios, source = load_scenarios(
         "hub", "allenai/soda", n_scenarios=5, seed=1, cache_dir=cache_dir
     )

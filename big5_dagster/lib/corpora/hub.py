@@ -6,9 +6,8 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import datasets
 import numpy as np
 import pandas as pd
 
@@ -23,6 +22,9 @@ from big5_dagster.lib.corpora.schema import (
     resolve_post_columns,
     usable_soda_rows,
 )
+
+if TYPE_CHECKING:
+    import datasets
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +51,8 @@ def load_split(
     hub: ``location`` is a dataset id, loaded with ``datasets.load_dataset``.
     local: ``location`` is a parquet, CSV or JSONL file (its one split is ``train``).
     """
+    import datasets
+
     if source == "hub":
         name = f"{location} (split {split})"
         try:

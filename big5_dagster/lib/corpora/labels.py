@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
 from big5_dagster.lib.corpora.schema import POST_COLUMNS
 from big5_dagster.lib.traits import TRAITS
@@ -23,6 +22,8 @@ def label_and_split(posts: pd.DataFrame, split_seed: int, test_fraction: float) 
     labelled rows of that trait (test_fraction of them, stratified by level, seeded),
     NA for unlabelled rows. Deterministic for a given frame, seed and fraction.
     """
+    from sklearn.model_selection import train_test_split
+
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be between 0 and 1, got {test_fraction}")
     missing = [c for c in POST_COLUMNS if c not in posts.columns]

@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binomtest
 
 from big5_dagster.lib.dialogues.schema import FLAG_NAMES, DialogueDataError, require_columns
 from big5_dagster.lib.traits import PERSONAS, TRAITS
@@ -84,6 +83,8 @@ def dialogue_quality_table(
     words_mean/words_median/words_p90 (cleaned reply length in words), and
     refusal_rate, empty_rate, near_duplicate_rate, truncated_rate.
     """
+    from scipy.stats import binomtest
+
     require_columns(dataset, ("persona", "trait", "level", "reply", *FLAG_NAMES), "dataset")
     unknown = sorted(set(scored_exclude) - set(FLAG_NAMES))
     if unknown:

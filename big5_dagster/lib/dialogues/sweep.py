@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binomtest
 
 from big5_dagster.lib.dialogues.cleaning import clean_reply
 from big5_dagster.lib.dialogues.replies import reply_request
@@ -98,6 +97,8 @@ def sweep_summary(replies: pd.DataFrame) -> pd.DataFrame:
     ``replies`` has formula, alpha, persona, trait, level, scenario_id, reply, finish_reason,
     perplexity and p_high_<trait> for every trait.
     """
+    from scipy.stats import binomtest
+
     drift = off_target_drift(replies)
     order = {p.key: i for i, p in enumerate(PERSONAS)}
     rows = []

@@ -27,7 +27,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from big5_dagster.lib.personality.scores import NO_PERSONA, require_columns
 from big5_dagster.lib.personality.units import UNIT_ITEM, UNIT_RUN, UNIT_SEED
@@ -259,6 +258,8 @@ def _bootstrap(
     level: float,
     method: str,
 ) -> Any:
+    from scipy import stats
+
     def resampled(*indices: np.ndarray, axis: int = -1) -> np.ndarray:
         return statistic(design.means(*indices))
 

@@ -21,11 +21,10 @@ import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict
 from functools import cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
-from scipy.stats import binomtest, bootstrap, spearmanr
 
 from big5_dagster.lib.common.code_version import code_reach
 from big5_dagster.lib.common.hashing import hash_json
@@ -40,6 +39,9 @@ from big5_dagster.lib.personality.administration import messages_hash, system_te
 from big5_dagster.lib.personality.conditions import Condition
 from big5_dagster.lib.personality.methods import NO_PERSONA
 from big5_dagster.lib.traits import PERSONAS, TRAITS
+
+if TYPE_CHECKING:
+    import torch
 
 REPLY_COLUMNS: tuple[str, ...] = (
     "cache_key",
@@ -206,6 +208,8 @@ def rated(replies: pd.DataFrame, predicted_high_probability: pd.DataFrame) -> pd
 
 
 def _mean_ci(values: np.ndarray) -> tuple[float, float]:
+    from scipy.stats import bootstrap
+
     if len(values) < 2 or np.ptp(values) == 0:
         return float(np.mean(values)), float(np.mean(values))
     result = bootstrap(
@@ -232,6 +236,8 @@ def accuracy_table(replies: pd.DataFrame, cutoff: float = 0.5) -> pd.DataFrame:
     the persona's level; chance 0.5) with a one-sided binomial p, and the mean P(high) of the
     target trait with a 95% bootstrap CI over scenarios. Base (no persona) is scored
     against every persona with its one reply set."""
+    from scipy.stats import binomtest
+
     rows = []
     for method, by_method in replies.groupby("method", sort=False):
         for seed, group in _replicates(by_method):
@@ -269,6 +275,8 @@ def separation_table(replies: pd.DataFrame) -> pd.DataFrame:
     its low persona, paired over scenarios, with a 95% bootstrap CI; and the Spearman
     correlation of the instructed level (high 1, low 0) with P(high) over both personas'
     replies, with its p-value. Methods without personas (base) have no rows."""
+    from scipy.stats import spearmanr
+
     rows = []
     for method, by_method in replies.groupby("method", sort=False):
         if (by_method.persona == NO_PERSONA).all():

@@ -8,8 +8,6 @@ from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
-from sklearn.decomposition import FactorAnalysis
-from sklearn.exceptions import ConvergenceWarning
 
 from big5_dagster.lib.personality.inventory import Inventory, InventoryError
 from big5_dagster.lib.personality.scores import (
@@ -96,6 +94,9 @@ def mcdonald_omega_fit(item_matrix: pd.DataFrame) -> OmegaFit:
     NaN omega (empty loadings, converged False) when the model cannot be fitted: fewer than
     3 items, fewer than k + 1 complete rows, or an item that does not vary.
     """
+    from sklearn.decomposition import FactorAnalysis
+    from sklearn.exceptions import ConvergenceWarning
+
     x = _complete_rows(item_matrix)
     n, k = x.shape
     empty = np.array([], dtype=np.float64)

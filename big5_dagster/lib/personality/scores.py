@@ -23,7 +23,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from big5_dagster.lib.personality.inventory import Inventory, InventoryError
 from big5_dagster.lib.traits import TRAITS, Persona
@@ -212,6 +211,8 @@ def respondent_codes(
 def _t_interval(
     mean: np.ndarray, se: np.ndarray, df: np.ndarray, level: float = 0.95
 ) -> tuple[np.ndarray, np.ndarray]:
+    from scipy import stats
+
     df = np.asarray(df, dtype=np.float64)
     with np.errstate(invalid="ignore"):
         t = np.where(df >= 1, stats.t.ppf(0.5 + level / 2, np.maximum(df, 1)), np.nan)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 VERDICTS: dict[tuple[bool, bool], str] = {
     (True, True): "both",
@@ -44,6 +43,8 @@ def expressed_by_method(separation: pd.DataFrame) -> pd.DataFrame:
     """The expressed high-low difference per method and trait over its adapter seeds: one
     seed keeps its own bootstrap interval; several give the mean and a t interval over seeds
     (the seeds are the replicates of a training method)."""
+    from scipy import stats
+
     rows = []
     for (method, trait), group in separation.groupby(["method", "trait"], sort=False):
         values = group.difference.to_numpy(dtype=float)

@@ -4,15 +4,18 @@ same train scenarios (the pairs DPO learns from), read two ways (see lib.engine.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import pandas as pd
-import torch
 
 from big5_dagster.lib.dialogues.dataset import usable
 from big5_dagster.lib.engine.loading import LoadedModel
 from big5_dagster.lib.engine.steering import PersonaVectors, reply_states, steering_layers
 from big5_dagster.lib.prompts import persona_instruction
 from big5_dagster.lib.traits import TRAITS, Persona
+
+if TYPE_CHECKING:
+    import torch
 
 
 def contrast_replies(
@@ -60,6 +63,8 @@ def compute_persona_vectors(
     line with no persona instruction (the steered model's prompt). prompted: the same replies,
     all of them, under the high minus under the low persona instruction.
     """
+    import torch
+
     layers = steering_layers(loaded.model)
     grounded, prompted, norms, counts = [], [], [], {}
     for trait in traits:

@@ -23,7 +23,6 @@ from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binomtest, norm
 
 from big5_dagster.lib.personality.methods import METHODS
 from big5_dagster.lib.traits import PERSONAS, Persona
@@ -55,6 +54,8 @@ SELF_REPORT_SCORER = "logprob"
 def _accuracy_row(
     stage: str, method: str, seed: object, persona: str, hits: int, n: int, measure: str
 ) -> dict:
+    from scipy.stats import binomtest
+
     test = binomtest(int(hits), int(n), 0.5, alternative="greater")
     interval = binomtest(int(hits), int(n)).proportion_ci(confidence_level=0.95)
     return {
@@ -118,6 +119,8 @@ def _expressed_rows(accuracy: pd.DataFrame) -> list[dict]:
 
 
 def _self_report_rows(scores: pd.DataFrame) -> list[dict]:
+    from scipy.stats import norm
+
     primary = scores[scores.scorer == SELF_REPORT_SCORER]
     base = primary[primary.method == "base"].set_index(["inventory", "trait"])
     rows = []

@@ -1,31 +1,45 @@
-"""PNG plots for asset metadata and the report (matplotlib, headless)."""
+"""PNG plots for asset metadata and the report (matplotlib, headless). matplotlib is imported
+at the first plot: the definitions load without it."""
 
 from __future__ import annotations
 
 import base64
 import io
 from collections.abc import Mapping, Sequence
+from functools import cache
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")  # no display on servers and CI
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 DPI = 100
 
 
-def png_bytes(fig: plt.Figure, dpi: int = DPI) -> bytes:
+@cache
+def pyplot() -> ModuleType:
+    """matplotlib.pyplot on the Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def png_bytes(fig: Figure, dpi: int = DPI) -> bytes:
     """The figure as PNG bytes (for embedding in a self-contained report), then closed."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
+    pyplot().close(fig)
     return buffer.getvalue()
 
 
-def markdown_image(image: bytes | plt.Figure, alt: str) -> str:
+def markdown_image(image: bytes | Figure, alt: str) -> str:
     """Markdown showing a PNG (bytes or a figure, then closed) embedded as a data URI: the
     form in which the Dagster UI draws a picture in an asset's metadata (wrap it in
     ``MetadataValue.md``). The one way any asset puts a plot in the UI."""
@@ -34,14 +48,14 @@ def markdown_image(image: bytes | plt.Figure, alt: str) -> str:
     return f"![{alt}](data:image/png;base64,{encoded})"
 
 
-def legend_outside(ax: plt.Axes, **kwargs) -> None:
+def legend_outside(ax: Axes, **kwargs) -> None:
     """The legend right of the axes, where it cannot cover the data."""
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, **kwargs)
 
 
 def loss_curves(curves: Mapping[str, Sequence[tuple[int, float]]], title: str) -> bytes:
     """One line per named curve of (step, loss) points."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    fig, ax = pyplot().subplots(figsize=(5.5, 3.2))
     for name, points in curves.items():
         if points:
             steps, losses = zip(*points, strict=True)
@@ -72,7 +86,7 @@ def bar_chart(
         if hue
         else frame.set_index(x)[[y]]
     ).astype(float)
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * len(table) + 2), 3.2))
+    fig, ax = pyplot().subplots(figsize=(max(5.0, 0.5 * len(table) + 2), 3.2))
     if np.isfinite(table.to_numpy()).any():
         table.plot.bar(ax=ax, legend=False, width=0.8)
         mark_missing_bars(ax, table)
@@ -92,7 +106,7 @@ def bar_chart(
     return png_bytes(fig)
 
 
-def mark_missing_bars(ax: plt.Axes, table: pd.DataFrame) -> None:
+def mark_missing_bars(ax: Axes, table: pd.DataFrame) -> None:
     """Write "n/e" (not estimable) where a bar has no finite value, instead of leaving a gap
     a reader takes for zero."""
     for container, column in zip(ax.containers, table.columns, strict=False):
@@ -117,7 +131,7 @@ def scores_beside_norms(scores: pd.DataFrame, title: str) -> bytes:
     ci_high, human_mean, human_sd."""
     traits = list(dict.fromkeys(scores.trait))
     methods = sorted(scores.method.unique())
-    fig, axes = plt.subplots(1, len(traits), figsize=(2.6 * len(traits), 3.0), sharey=True)
+    fig, axes = pyplot().subplots(1, len(traits), figsize=(2.6 * len(traits), 3.0), sharey=True)
     axes = np.atleast_1d(axes)
     for ax, trait in zip(axes, traits, strict=True):
         rows = scores[scores.trait == trait]
@@ -156,7 +170,7 @@ def scores_beside_norms(scores: pd.DataFrame, title: str) -> bytes:
 def heatmaps(matrices: Mapping[str, pd.DataFrame], title: str) -> bytes:
     """Correlation matrices side by side on one -1..1 colour scale, values written in ("n/e"
     where a correlation is not estimable, e.g. a trait score that does not vary)."""
-    fig, axes = plt.subplots(1, len(matrices), figsize=(2.9 * len(matrices), 2.9))
+    fig, axes = pyplot().subplots(1, len(matrices), figsize=(2.9 * len(matrices), 2.9))
     axes = np.atleast_1d(axes)
     image = None
     for ax, (name, matrix) in zip(axes, matrices.items(), strict=True):
@@ -179,7 +193,7 @@ def heatmaps(matrices: Mapping[str, pd.DataFrame], title: str) -> bytes:
 def differences_with_ci(frame: pd.DataFrame, label: str, title: str) -> bytes:
     """Horizontal points with 95% CIs (columns ``label``, diff, ci_low, ci_high) around 0."""
     frame = frame.reset_index(drop=True)
-    fig, ax = plt.subplots(figsize=(6.0, max(2.0, 0.22 * len(frame) + 1)))
+    fig, ax = pyplot().subplots(figsize=(6.0, max(2.0, 0.22 * len(frame) + 1)))
     ys = np.arange(len(frame))
     err = np.vstack([frame["diff"] - frame.ci_low, frame.ci_high - frame["diff"]])
     ax.errorbar(frame["diff"], ys, xerr=np.nan_to_num(err), fmt="o", markersize=3, capsize=2)
@@ -204,7 +218,7 @@ def sweep_curves(
     """Target accuracy (mean over personas, and the lowest persona dotted) and median
     perplexity against alpha, one colour per formula. Columns: formula, alpha,
     target_accuracy, min_target_accuracy, perplexity_median."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9.0, 3.2))
+    fig, (left, right) = pyplot().subplots(1, 2, figsize=(9.0, 3.2))
     for formula, rows in curve.groupby("formula"):
         rows = rows.sort_values("alpha")
         (line,) = left.plot(rows.alpha, rows.target_accuracy, marker="o", label=formula)
