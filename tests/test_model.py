@@ -295,6 +295,29 @@ def test_resource_imports_without_torch():
     assert out.stdout.split() == ["False", "False"]
 
 
+HEAVY_LIBRARIES = (
+    "torch",
+    "transformers",
+    "peft",
+    "trl",
+    "sklearn",
+    "datasets",
+    "lm_eval",
+    "safetensors",
+    "matplotlib",
+    "scipy",
+)
+
+
+@pytest.mark.parametrize("module", ["big5_dagster.definitions", "big5_dagster.cli"])
+def test_definitions_import_without_the_model_libraries(module):
+    """Loading the definitions (every stage, the lib modules it uses and their code versions)
+    or the CLI imports none of the heavy libraries: lib modules import them where used."""
+    code = f"import sys, {module}; print([m for m in {HEAVY_LIBRARIES!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stderr[-2000:]
+
+
 def test_resource_caches_per_process_and_delegates(tiny_backend, tiny_model_dir):
     twin = ModelBackend(
         base_model=str(tiny_model_dir),

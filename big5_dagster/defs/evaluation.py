@@ -3,11 +3,10 @@ honestly, with reliability and trait intercorrelations beside human data (METHOD
 
 import contextlib
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import pandas as pd
-import torch
 
 from big5_dagster.config import EvaluationSettings, Settings, with_defaults
 from big5_dagster.defs import artifacts
@@ -25,6 +24,9 @@ from big5_dagster.partitions import method_of, method_partitions
 from big5_dagster.resources.artifacts import ArtifactStore
 from big5_dagster.resources.model_backend import ModelBackend
 from big5_dagster.resources.warehouse import Warehouse
+
+if TYPE_CHECKING:
+    import torch
 
 ANSWERS_TABLE = artifacts.ANSWERS_TABLE
 SEPARATION_SHOWN = [
@@ -83,7 +85,7 @@ def condition_model(
 
 def condition_vector(
     condition: Condition, vectors: PersonaVectors | None
-) -> tuple[int, torch.Tensor]:
+) -> tuple[int, "torch.Tensor"]:
     """(layer, vector) a steering condition adds: its persona's direction, sign from the
     level, scaled by its coef."""
     if vectors is None or condition.steering is None:
