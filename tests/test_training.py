@@ -379,3 +379,26 @@ def test_training_follows_the_model_dtype():
     assert training_precision("bfloat16") == "bfloat16"
     assert training_precision("float32") == "float32"
     assert training_precision("auto") == training_precision("float16") == "auto"
+
+
+def test_training_frees_its_model_when_it_returns(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The demo runs every step in one process: a trainer left in reference cycles would keep
+    its model (and optimizer state) alive under the next training's peak memory."""
+    import gc
+
+    from transformers import PreTrainedModel
+
+    def live_models() -> int:
+        return sum(isinstance(o, PreTrainedModel) for o in gc.get_objects())
+
+    gc.collect()
+    before = live_models()
+    gc.disable()  # only the training's own collection may free it
+    try:
+        train_sft(
+            tiny_model_dir, sft_examples(8), tmp_path / "adapter", LoraSpec(),
+            dataclasses.replace(SFT_SPEC, epochs=1), tmp_path / "work", device="cpu",
+        )  # fmt: skip
+        assert live_models() == before
+    finally:
+        gc.enable()

@@ -6,6 +6,7 @@ them.
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -163,11 +164,17 @@ def train_dpo(
         callbacks=callbacks,
         eval_pairs=eval_pairs,
     )
-    return run_training(
-        trainer,
-        method="dpo",
-        run_settings=run_settings,
-        output_dir=Path(output_dir),
-        work_dir=work_dir,
-        target=target,
-    )
+    try:
+        return run_training(
+            trainer,
+            method="dpo",
+            run_settings=run_settings,
+            output_dir=Path(output_dir),
+            work_dir=work_dir,
+            target=target,
+        )
+    finally:
+        # trl's trainer holds its model in reference cycles: free them now, not at some later
+        # collection, so the next training or asset does not load on top of this model.
+        del trainer
+        gc.collect()

@@ -5,6 +5,7 @@ datasets, transformers and trl are imported where used: the definitions load wit
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -120,11 +121,17 @@ def train_sft(
         callbacks=callbacks,
         eval_examples=eval_examples,
     )
-    return run_training(
-        trainer,
-        method="sft",
-        run_settings=run_settings,
-        output_dir=Path(output_dir),
-        work_dir=work_dir,
-        target=target,
-    )
+    try:
+        return run_training(
+            trainer,
+            method="sft",
+            run_settings=run_settings,
+            output_dir=Path(output_dir),
+            work_dir=work_dir,
+            target=target,
+        )
+    finally:
+        # trl's trainer holds its model in reference cycles: free them now, not at some later
+        # collection, so the next training or asset does not load on top of this model.
+        del trainer
+        gc.collect()
