@@ -409,6 +409,7 @@ def measure_speed(model_dir: Path, size: str, device: str, dtype: str, work: Pat
             max_length=load["sft_length"],
             seed=SEED,
             save_steps=10_000,
+            precision=dtype,  # the dtype measured, not the host's choice (auto)
         ),
         work / "sft_work",
         device="cuda" if device == "cuda" else "cpu",
