@@ -6,7 +6,7 @@ them.
 
 from __future__ import annotations
 
-import gc
+import functools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -153,7 +153,8 @@ def train_dpo(
     work_dir = Path(work_dir)
     run_settings = settings_of_run("dpo", model_path, data, lora, spec, init_adapter, target)
     callbacks = [ProgressLines(progress, "dpo")]
-    trainer = make_dpo_trainer(
+    make_trainer = functools.partial(
+        make_dpo_trainer,
         model_path,
         data,
         lora=lora,
@@ -164,17 +165,11 @@ def train_dpo(
         callbacks=callbacks,
         eval_pairs=eval_pairs,
     )
-    try:
-        return run_training(
-            trainer,
-            method="dpo",
-            run_settings=run_settings,
-            output_dir=Path(output_dir),
-            work_dir=work_dir,
-            target=target,
-        )
-    finally:
-        # trl's trainer holds its model in reference cycles: free them now, not at some later
-        # collection, so the next training or asset does not load on top of this model.
-        del trainer
-        gc.collect()
+    return run_training(
+        make_trainer,
+        method="dpo",
+        run_settings=run_settings,
+        output_dir=Path(output_dir),
+        work_dir=work_dir,
+        target=target,
+    )

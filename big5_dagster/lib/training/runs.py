@@ -7,6 +7,7 @@ transformers, peft and trl are imported where used: the definitions load without
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import re
@@ -14,6 +15,7 @@ import resource
 import shutil
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -220,7 +222,7 @@ def _peak_memory_mb(target: str) -> float:
 
 
 def run_training(
-    trainer: SFTTrainer | DPOTrainer,
+    make_trainer: Callable[[], SFTTrainer | DPOTrainer],
     *,
     method: Literal["sft", "dpo"],
     run_settings: dict[str, Any],
@@ -228,75 +230,86 @@ def run_training(
     work_dir: Path,
     target: str,
 ) -> TrainingReport:
-    resume = _prepare_work_dir(work_dir, run_settings)
-    resume_step = 0
-    if resume is not None:
-        resume_step = int(json.loads((resume / _TRAINER_STATE).read_text())["global_step"])
-        log.info("resuming %s from %s", method, resume)
-    if target == "cuda":
-        import torch
+    """Build the trainer, train it (resuming a checkpoint of the same settings), save the
+    result atomically and report. The trainer is built and dropped here: trl's trainer holds
+    its model in reference cycles, so it is collected before returning, not at some later
+    collection, and the next training or asset does not load on top of this model."""
+    trainer = make_trainer()
+    try:
+        resume = _prepare_work_dir(work_dir, run_settings)
+        resume_step = 0
+        if resume is not None:
+            resume_step = int(json.loads((resume / _TRAINER_STATE).read_text())["global_step"])
+            log.info("resuming %s from %s", method, resume)
+        if target == "cuda":
+            import torch
 
-        torch.cuda.reset_peak_memory_stats()
-    tokens_per_epoch = count_training_tokens(trainer)
-    before = None
-    if method == "sft" and trainer.eval_dataset is not None:
-        # The untrained model's loss on the same held-out replies: the trained loss is only
-        # meaningful beside it. Before train() even a resumed run holds the initial weights.
-        before = {k: float(v) for k, v in trainer.evaluate().items() if isinstance(v, int | float)}
-    started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
-    seconds = time.perf_counter() - started
+            torch.cuda.reset_peak_memory_stats()
+        tokens_per_epoch = count_training_tokens(trainer)
+        before = None
+        if method == "sft" and trainer.eval_dataset is not None:
+            # The untrained model's loss on the same held-out replies: the trained loss is only
+            # meaningful beside it. Before train() even a resumed run holds the initial weights.
+            before = {
+                k: float(v) for k, v in trainer.evaluate().items() if isinstance(v, int | float)
+            }
+        started = time.perf_counter()
+        trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+        seconds = time.perf_counter() - started
 
-    state = trainer.state
-    history = list(state.log_history)
-    loss_curve = _curve(history, "loss")
-    epochs = trainer.args.num_train_epochs
-    train_tokens = int(round(tokens_per_epoch * epochs))
-    steps_this_run = state.global_step - resume_step
-    share = steps_this_run / state.global_step if state.global_step else 0.0
-    metrics: dict[str, Any] = {
-        "tokens_per_epoch": tokens_per_epoch,
-        "train_loss": next(
-            (float(e["train_loss"]) for e in reversed(history) if "train_loss" in e), None
-        ),
-        "trl_num_tokens_this_run": next(
-            (int(e["num_tokens"]) for e in reversed(history) if "num_tokens" in e), None
-        ),
-    }
-    if trainer.eval_dataset is not None:
-        # Held-out validation metrics of the final weights (eval_loss; DPO: eval_rewards/*).
-        metrics["validation"] = {
-            k: float(v) for k, v in trainer.evaluate().items() if isinstance(v, int | float)
+        state = trainer.state
+        history = list(state.log_history)
+        loss_curve = _curve(history, "loss")
+        epochs = trainer.args.num_train_epochs
+        train_tokens = int(round(tokens_per_epoch * epochs))
+        steps_this_run = state.global_step - resume_step
+        share = steps_this_run / state.global_step if state.global_step else 0.0
+        metrics: dict[str, Any] = {
+            "tokens_per_epoch": tokens_per_epoch,
+            "train_loss": next(
+                (float(e["train_loss"]) for e in reversed(history) if "train_loss" in e), None
+            ),
+            "trl_num_tokens_this_run": next(
+                (int(e["num_tokens"]) for e in reversed(history) if "num_tokens" in e), None
+            ),
         }
-    if before is not None:
-        metrics["validation_before"] = before
-    if method == "dpo":
-        for key in _DPO_CURVES:
-            curve = _curve(history, key)
-            metrics[key] = curve[-1][1] if curve else None
-            metrics[f"{key}_curve"] = curve
-    report = TrainingReport(
-        method=method,
-        examples=len(trainer.train_dataset),
-        steps=state.global_step,
-        steps_this_run=steps_this_run,
-        seconds=seconds,
-        train_tokens=train_tokens,
-        tokens_per_second=(train_tokens * share / seconds) if seconds > 0 else 0.0,
-        loss_curve=loss_curve,
-        final_loss=loss_curve[-1][1] if loss_curve else None,
-        metrics=metrics,
-        resumed_from=resume.name if resume is not None else None,
-        device=target,
-        peak_memory_mb=_peak_memory_mb(target),
-    )
-    _save_result(trainer, output_dir, run_settings)
-    _clear_checkpoints(work_dir)
-    # trl also writes a model card into its output_dir (our work_dir) at the end.
-    (work_dir / "README.md").unlink(missing_ok=True)
-    if work_dir.is_dir() and not any(work_dir.iterdir()):
-        work_dir.rmdir()
-    return report
+        if trainer.eval_dataset is not None:
+            # Held-out validation metrics of the final weights (eval_loss; DPO: eval_rewards/*).
+            metrics["validation"] = {
+                k: float(v) for k, v in trainer.evaluate().items() if isinstance(v, int | float)
+            }
+        if before is not None:
+            metrics["validation_before"] = before
+        if method == "dpo":
+            for key in _DPO_CURVES:
+                curve = _curve(history, key)
+                metrics[key] = curve[-1][1] if curve else None
+                metrics[f"{key}_curve"] = curve
+        report = TrainingReport(
+            method=method,
+            examples=len(trainer.train_dataset),
+            steps=state.global_step,
+            steps_this_run=steps_this_run,
+            seconds=seconds,
+            train_tokens=train_tokens,
+            tokens_per_second=(train_tokens * share / seconds) if seconds > 0 else 0.0,
+            loss_curve=loss_curve,
+            final_loss=loss_curve[-1][1] if loss_curve else None,
+            metrics=metrics,
+            resumed_from=resume.name if resume is not None else None,
+            device=target,
+            peak_memory_mb=_peak_memory_mb(target),
+        )
+        _save_result(trainer, output_dir, run_settings)
+        _clear_checkpoints(work_dir)
+        # trl also writes a model card into its output_dir (our work_dir) at the end.
+        (work_dir / "README.md").unlink(missing_ok=True)
+        if work_dir.is_dir() and not any(work_dir.iterdir()):
+            work_dir.rmdir()
+        return report
+    finally:
+        del trainer
+        gc.collect()
 
 
 def _save_result(

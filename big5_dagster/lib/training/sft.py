@@ -5,7 +5,7 @@ datasets, transformers and trl are imported where used: the definitions load wit
 
 from __future__ import annotations
 
-import gc
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -111,7 +111,8 @@ def train_sft(
     work_dir = Path(work_dir)
     run_settings = settings_of_run("sft", model_path, data, lora, spec, None, target)
     callbacks = [ProgressLines(progress, "sft")]
-    trainer = make_sft_trainer(
+    make_trainer = functools.partial(
+        make_sft_trainer,
         model_path,
         data,
         lora=lora,
@@ -121,17 +122,11 @@ def train_sft(
         callbacks=callbacks,
         eval_examples=eval_examples,
     )
-    try:
-        return run_training(
-            trainer,
-            method="sft",
-            run_settings=run_settings,
-            output_dir=Path(output_dir),
-            work_dir=work_dir,
-            target=target,
-        )
-    finally:
-        # trl's trainer holds its model in reference cycles: free them now, not at some later
-        # collection, so the next training or asset does not load on top of this model.
-        del trainer
-        gc.collect()
+    return run_training(
+        make_trainer,
+        method="sft",
+        run_settings=run_settings,
+        output_dir=Path(output_dir),
+        work_dir=work_dir,
+        target=target,
+    )
