@@ -185,6 +185,22 @@ def test_prefix_cached_option_scores_equal_full_forward(tiny):
     )
 
 
+def test_frozen_model_scores_with_a_contiguous_lm_head_input(tiny_model_dir):
+    """An attached adapter freezes the base weights; the head must still get a contiguous
+    input, or torch expands its weight per row (a 900 MB copy per 16 rows at 135M)."""
+    from big5_dagster.lib.engine.adapters import random_lora_adapter
+
+    loaded = load_model(str(tiny_model_dir), device="cpu")
+    seen: list[bool] = []
+    head = loaded.model.get_output_embeddings()
+    head.register_forward_pre_hook(lambda _m, args: seen.append(args[0].is_contiguous()))
+    prompts = [item_prompt(loaded.tokenizer, item) for item in ITEMS]
+    with random_lora_adapter(loaded.model, seed=3) as peft_model:
+        assert not head.weight.requires_grad
+        score_options(dataclasses.replace(loaded, model=peft_model), prompts, OPTIONS)
+    assert seen and all(seen)
+
+
 def test_option_scores_accept_conversations(tiny):
     conversations = [chat(item) for item in ITEMS[:3]]
     rendered = [render_chat(tiny.tokenizer, c) for c in conversations]

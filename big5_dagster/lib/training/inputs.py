@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from big5_dagster.lib.engine.hardware import auto_dtype
-from big5_dagster.lib.engine.loading import folder_fingerprint_parts
+from big5_dagster.lib.engine.loading import contiguous_output_projection, folder_fingerprint_parts
 
 # trl 1.16 calls a transformers method deprecated in 5.x on every training step.
 from big5_dagster.lib.training.specs import Device, Precision, TrainingError
@@ -132,7 +132,7 @@ def load_causal_lm(
         model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs)
     except OSError as e:
         raise TrainingError(f"could not load the model to train from {model_path}: {e}") from e
-    return model.to(target)
+    return contiguous_output_projection(model.to(target))
 
 
 def model_identity(model_path: str | Path) -> dict[str, Any]:
