@@ -50,12 +50,14 @@ def continuation_nll(
     for batch in batches_by_length([len(prompt_ids[i]) + counts[i] for i in scored], batch_size):
         rows = [scored[k] for k in batch]
         sequences = [prompt_ids[i] + reply_ids[i] for i in rows]
-        logits = left_padded_forward(loaded, sequences).logits.float()
-        width = max(len(seq) for seq in sequences)
+        # Rows end together (left padding): the last `keep` positions predict every reply
+        # token. The prompts' logits would be most of the head's work and memory.
+        keep = int(max(counts[i] for i in rows)) + 1
+        logits = left_padded_forward(loaded, sequences, logits_to_keep=keep).logits.float()
         for row, index in enumerate(rows):
             n = int(counts[index])
             # The token at position t is predicted by the logits at t - 1.
-            scores = logits[row, width - n - 1 : width - 1].log_softmax(dim=-1)
+            scores = logits[row, keep - n - 1 : keep - 1].log_softmax(dim=-1)
             targets = torch.tensor(reply_ids[index], dtype=torch.long, device=scores.device)
             nll[index] = float(-scores.gather(1, targets[:, None]).mean())
     return nll, counts
