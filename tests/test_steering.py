@@ -330,3 +330,29 @@ def test_expressed_steering_rows_share_batches_and_write_what_each_persona_write
         assert batched.loc[alone.cache_key, "raw_reply"].tolist() == alone.raw_reply.tolist()
     assert plan.cache_key.is_unique  # the personas' identical prompts keep their own keys
     assert batched.groupby("condition").raw_reply.apply(tuple).nunique() > 1
+
+
+def test_batched_states_match_each_row_alone(varied):
+    """Rows of different lengths share a left-padded batch; each row's states must be those
+    of its own unpadded forward (a shifted slice or position would move every projection)."""
+    from big5_dagster.lib.engine.chat import render_chat
+    from big5_dagster.lib.engine.steering import last_prompt_states, reply_states, steering_layers
+
+    replies = [" I love them, the louder the better.", " Quiet."]
+    last = last_prompt_states(varied, PROMPTS, batch_size=2)
+    means, norms = reply_states(varied, PROMPTS, replies, batch_size=2)
+    layers = steering_layers(varied.model)
+    tok = varied.tokenizer
+    for row, (prompt, reply) in enumerate(zip(PROMPTS, replies, strict=True)):
+        prompt_ids = tok(render_chat(tok, prompt), add_special_tokens=False)["input_ids"]
+        reply_ids = tok(reply, add_special_tokens=False)["input_ids"]
+        with torch.inference_mode():
+            alone = varied.model(
+                input_ids=torch.tensor([prompt_ids + reply_ids]), output_hidden_states=True
+            ).hidden_states
+        for k, layer in enumerate(layers):
+            states = alone[layer + 1][0].float()
+            assert torch.allclose(last[row, k], states[len(prompt_ids) - 1], atol=1e-4)
+            reply_part = states[len(prompt_ids) :]
+            assert torch.allclose(means[row, k], reply_part.mean(0), atol=1e-4)
+            assert norms[row, k] == pytest.approx(float(reply_part.norm(dim=-1).mean()), abs=1e-3)

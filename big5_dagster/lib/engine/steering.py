@@ -187,7 +187,10 @@ def reply_states(
     lengths = [len(p) + len(r) for p, r in zip(prompt_ids, reply_ids, strict=True)]
     for batch in batches_by_length(lengths, batch_size):
         hidden = left_padded_forward(
-            loaded, [prompt_ids[i] + reply_ids[i] for i in batch], output_hidden_states=True
+            loaded,
+            [prompt_ids[i] + reply_ids[i] for i in batch],
+            output_hidden_states=True,
+            logits_to_keep=1,  # only the hidden states are used: skip the head's full logits
         ).hidden_states
         stacked = torch.stack([hidden[layer + 1] for layer in layers], dim=1).float().cpu()
         for row, index in enumerate(batch):
@@ -214,7 +217,7 @@ def last_prompt_states(
     out = torch.zeros(len(prompts), len(layers), model.config.hidden_size)
     for batch in batches_by_length([len(r) for r in ids_list], batch_size):
         hidden = left_padded_forward(
-            loaded, [ids_list[i] for i in batch], output_hidden_states=True
+            loaded, [ids_list[i] for i in batch], output_hidden_states=True, logits_to_keep=1
         ).hidden_states
         for row, index in enumerate(batch):
             out[index] = torch.stack([hidden[layer + 1][row, -1] for layer in layers]).float()
