@@ -170,6 +170,27 @@ def test_changed_input_recomputes_only_what_depends_on_it(defs, instance, data_r
     assert [v for (v,) in versions] == [before[0], after[1]]
 
 
+def test_an_input_recomputed_in_the_same_pass_makes_its_dependents_stale(
+    defs, instance, data_root, tiny_backend, tmp_path
+):
+    # The pass reads each partition's latest materialization once; after it materializes the
+    # reseeded scenarios it must read them again, or their dependents would pass for fresh.
+    materialize_outdated(defs, instance, FOUNDATION, run_config=SMALL, log=lambda _: None)
+    custom = tmp_path / "reseeded.yaml"
+    custom.write_text("extends: tiny\nprofile: tiny\nscenarios:\n  seed: 7\n")
+    reseeded = build_definitions(
+        load_settings(config_file=custom), data_root, resources={"model": tiny_backend}
+    )
+    steps = materialize_outdated(
+        reseeded, instance, FOUNDATION, run_config=SMALL, log=lambda _: None
+    )
+    assert materialized(steps) == {"soda_scenarios", "stg_soda_scenarios", "scenario_stats"}
+    assert (
+        materialize_outdated(reseeded, instance, FOUNDATION, run_config=SMALL, log=lambda _: None)
+        == []
+    )
+
+
 def test_lineage_command_reports_unknown_asset(defs, instance, capsys):
     materialize_outdated(defs, instance, FOUNDATION, run_config=SMALL, log=lambda _: None)
     assert cli.main(["lineage", "no_such_asset"]) == 1
