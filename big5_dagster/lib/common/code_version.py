@@ -98,6 +98,9 @@ def clear_caches() -> None:
     for cached in (
         _module_source,
         _module_tree,
+        _module_hash,
+        _name_hash,
+        _module_scan,
         _by_name,
         _top_level,
         _module_imports,
@@ -182,8 +185,7 @@ class _Walk:
                 self.object_unit(item)
 
     def module_unit(self, module: str) -> None:
-        source = _module_source(module)
-        self.units[f"module:{module}"] = hash_bytes(source.encode())
+        self.units[f"module:{module}"] = _module_hash(module)
         for target, names in _module_imports(module):
             self.follow_module(target, names)
         if module != PACKAGE_DATA_MODULE:
@@ -196,10 +198,7 @@ class _Walk:
                 if names is not None and name in names:
                     self.follow_module(target, [name])
             return
-        source = _module_source(module)
-        self.units[f"name:{module}.{name}"] = hash_bytes(
-            (ast.get_source_segment(source, node) or "").encode()
-        )
+        self.units[f"name:{module}.{name}"] = _name_hash(module, name)
         own = _top_level(module)
         imported = {n: t for t, ns in _module_imports(module) for n in ns or ()}
         for ref in {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}:
@@ -368,6 +367,18 @@ def _module_tree(module: str) -> ast.Module:
 
 
 @cache
+def _module_hash(module: str) -> str:
+    return hash_bytes(_module_source(module).encode())
+
+
+@cache
+def _name_hash(module: str, name: str) -> str:
+    """Hash of a top-level definition's source (every walk that names it reuses it)."""
+    segment = ast.get_source_segment(_module_source(module), _top_level(module)[name])
+    return hash_bytes((segment or "").encode())
+
+
+@cache
 def _by_name(module: str) -> bool:
     """Whether the module sets ``CODE_VERSION_BY_NAME = True`` (read from its source)."""
     if not module.startswith(LIB + "."):
@@ -402,12 +413,12 @@ def _top_level(module: str) -> dict[str, ast.AST]:
 def _module_imports(module: str) -> tuple[tuple[str, list[str] | None], ...]:
     """A module's package imports, parsed once a process (every asset's walk reaches the
     same modules)."""
-    return tuple(_imports(_module_tree(module), module))
+    return tuple(_imports(_module_tree(module), module, _module_scan(module)))
 
 
 @cache
 def _module_data_aliases(module: str) -> tuple[set[str], set[str]]:
-    return _package_data_aliases(_module_tree(module))
+    return _package_data_aliases(_module_scan(module))
 
 
 @cache
@@ -466,16 +477,57 @@ def _data_hashes(name: str, whole_folder: bool) -> dict[str, str]:
     raise CodeVersionError(f"package data {name!r} does not exist under {DATA_PACKAGE}")
 
 
-def _imports(tree: ast.AST, module: str) -> list[tuple[str, list[str] | None]]:
+@dataclass(frozen=True)
+class _Scan:
+    """What one walk of a tree finds: its import statements (in walk order) and how each
+    name is used (as ``name.attr``, or whole)."""
+
+    imports: tuple[ast.Import | ast.ImportFrom, ...]
+    attributes: Mapping[str, frozenset[str]]
+    """name -> the attributes read from it (``name.attr``)."""
+    whole: frozenset[str]
+    """Names loaded other than as the base of an attribute (used whole)."""
+
+
+def _scan(tree: ast.AST) -> _Scan:
+    # One walk for every question asked of a tree: a walk per imported alias made the code
+    # versions cost seconds at every import of the definitions.
+    imports: list[ast.Import | ast.ImportFrom] = []
+    attributes: dict[str, set[str]] = {}
+    bases: set[int] = set()
+    loads: list[ast.Name] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            imports.append(node)
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            attributes.setdefault(node.value.id, set()).add(node.attr)
+            bases.add(id(node.value))
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+            loads.append(node)
+    whole = frozenset(n.id for n in loads if id(n) not in bases)
+    return _Scan(
+        tuple(imports), {name: frozenset(attrs) for name, attrs in attributes.items()}, whole
+    )
+
+
+@cache
+def _module_scan(module: str) -> _Scan:
+    return _scan(_module_tree(module))
+
+
+def _imports(
+    tree: ast.AST, module: str, scan: _Scan | None = None
+) -> list[tuple[str, list[str] | None]]:
     """(module imported, names taken from it or None for the whole module), package only."""
+    scan = scan or _scan(tree)
     out: list[tuple[str, list[str] | None]] = []
     package = module.rsplit(".", 1)[0]
-    for node in ast.walk(tree):
+    for node in scan.imports:
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if _in_package(alias.name):
                     out.append((alias.name, None))
-        elif isinstance(node, ast.ImportFrom):
+        else:
             base = node.module or ""
             if node.level:
                 parts = package.split(".")
@@ -486,8 +538,9 @@ def _imports(tree: ast.AST, module: str) -> list[tuple[str, list[str] | None]]:
                 if alias.name == "*":
                     out.append((base, None))
                 elif _is_module(f"{base}.{alias.name}"):
-                    names = _used_names(tree, alias.asname or alias.name)
-                    out.append((f"{base}.{alias.name}", names))
+                    out.append(
+                        (f"{base}.{alias.name}", _used_names(scan, alias.asname or alias.name))
+                    )
                 else:
                     out.append((base, [alias.name]))
     return out
@@ -509,34 +562,18 @@ def _is_module(name: str) -> bool:
         return False
 
 
-def _used_names(tree: ast.AST, alias: str) -> list[str] | None:
+def _used_names(scan: _Scan, alias: str) -> list[str] | None:
     """The attributes used from an imported module alias, or None when it is used whole."""
-    names: set[str] = set()
-    attribute_bases: set[int] = set()
-    for node in ast.walk(tree):
-        if (
-            isinstance(node, ast.Attribute)
-            and isinstance(node.value, ast.Name)
-            and node.value.id == alias
-        ):
-            names.add(node.attr)
-            attribute_bases.add(id(node.value))
-    for node in ast.walk(tree):
-        if (
-            isinstance(node, ast.Name)
-            and node.id == alias
-            and isinstance(node.ctx, ast.Load)
-            and id(node) not in attribute_bases
-        ):
-            return None
-    return sorted(names)
+    if alias in scan.whole:
+        return None
+    return sorted(scan.attributes.get(alias, ()))
 
 
-def _package_data_aliases(tree: ast.AST) -> tuple[set[str], set[str]]:
+def _package_data_aliases(scan: _Scan) -> tuple[set[str], set[str]]:
     """(reader functions imported by name, aliases of the package_data module) in a module."""
     functions: set[str] = set()
     modules: set[str] = set()
-    for node in ast.walk(tree):
+    for node in scan.imports:
         if isinstance(node, ast.ImportFrom) and node.module == PACKAGE_DATA_MODULE:
             functions |= {a.asname or a.name for a in node.names if a.name in READERS}
         elif isinstance(node, ast.ImportFrom) and node.module == "big5_dagster.lib.common":
