@@ -133,23 +133,31 @@ BASE_ADAPTER = "__base__"
 
 
 class RowMaskedLora:
-    """peft's mixed-adapter batch (a LoRA adapter per row) without its per-layer indexing.
+    """peft's mixed-adapter batch (a LoRA adapter per row) as two matmuls per LoRA layer.
 
     peft's ``adapter_names`` forward gathers each adapter's rows, runs the LoRA on them and
     scatters the result back, in every LoRA layer: measured 95-110 ms per decode step for 8
-    base + 8 expert rows of SmolLM2 on one core, while the LoRA itself on all 16 rows costs
-    16 ms. Here every named adapter is active on every row and a forward hook multiplies each
-    adapter's ``lora_B`` output by a 0/1 mask of its rows, so a row gets exactly its own
-    adapter's delta; the others add +0.0, so base rows compute what the base model does.
-    Only for plain LoRA on linear layers (:meth:`supports`); anything else goes through peft.
+    base + 8 expert rows of SmolLM2 on one core. Running every adapter on every row with a
+    0/1 mask on each one's output still costs a handful of small operations per adapter and
+    layer: with the sweep's 20 adapters, 20 x 70 LoRA layers per forward. Here peft's own LoRA
+    forward is switched off and a hook on each LoRA layer adds the delta of all its adapters
+    at once: their ``lora_A`` weights stacked into one (rank-sum x in) matrix, their
+    ``lora_B`` weights into one (out x rank-sum), and between the two a per-row mask that
+    keeps each row's own adapter's rank slice, times that adapter's scaling. A row gets
+    exactly its own adapter's delta; the others' slices add +0.0, so base rows compute what
+    the base model does. Only for plain LoRA on linear layers (:meth:`supports`), at
+    inference (no dropout); anything else goes through peft.
     """
 
     def __init__(self, model: PeftModel, adapter_names: Sequence[str]) -> None:
         self.model = model
         self.adapters = sorted({a for a in adapter_names if a != BASE_ADAPTER})
-        parameter = next(model.parameters())
-        self._dtype, self._device = parameter.dtype, parameter.device
-        self.masks: dict[str, torch.Tensor] = {}
+        self._layers: list[tuple[Any, torch.Tensor, torch.Tensor, tuple]] = []
+        self._layouts: dict[tuple, list[tuple[str, slice, float]]] = {}
+        self._placement: dict[tuple, tuple[torch.dtype, torch.device]] = {}
+        if self.adapters:
+            self._stack_layers()
+        self.masks: dict[tuple, torch.Tensor] = {}
         self.set_rows(adapter_names)
 
     @staticmethod
@@ -175,48 +183,83 @@ class RowMaskedLora:
                 return False
         return True
 
+    def _stack_layers(self) -> None:
+        import torch
+        from peft.tuners.lora import LoraLayer
+
+        for module in self.model.modules():
+            if not isinstance(module, LoraLayer):
+                continue
+            held = [a for a in self.adapters if a in module.lora_A]
+            if not held:
+                continue
+            layout, start = [], 0
+            for adapter in held:
+                rank = module.lora_A[adapter].weight.shape[0]
+                layout.append((adapter, slice(start, start + rank), float(module.scaling[adapter])))
+                start += rank
+            key = tuple((a, s.start, s.stop, scale) for a, s, scale in layout)
+            self._layouts.setdefault(key, layout)
+            self._placement.setdefault(
+                key, (module.lora_A[held[0]].weight.dtype, module.lora_A[held[0]].weight.device)
+            )
+            stacked_a = torch.cat([module.lora_A[a].weight for a in held], dim=0)
+            stacked_b = torch.cat([module.lora_B[a].weight for a in held], dim=1)
+            self._layers.append((module, stacked_a.detach(), stacked_b.detach(), key))
+
     def set_rows(self, adapter_names: Sequence[str]) -> None:
         import torch
 
         names = list(adapter_names)
-        self.masks = {
-            a: torch.tensor([n == a for n in names], dtype=self._dtype, device=self._device)
-            for a in self.adapters
-        }
+        self.masks = {}
+        for key, layout in self._layouts.items():
+            width = layout[-1][1].stop
+            scale_of = {a: (ranks, scaling) for a, ranks, scaling in layout}
+            rows = []
+            for name in names:
+                row = [0.0] * width
+                if name in scale_of:
+                    ranks, scaling = scale_of[name]
+                    row[ranks] = [scaling] * (ranks.stop - ranks.start)
+                rows.append(row)
+            dtype, device = self._placement[key]
+            self.masks[key] = torch.tensor(rows, dtype=dtype, device=device).view(len(names), width)
 
     def keep_rows(self, rows: torch.Tensor) -> None:
-        self.masks = {a: m.index_select(0, rows.to(m.device)) for a, m in self.masks.items()}
+        self.masks = {k: m.index_select(0, rows.to(m.device)) for k, m in self.masks.items()}
 
-    def _hook(self, adapter: str, module: Any, args: Any, output: torch.Tensor) -> torch.Tensor:
-        mask = self.masks[adapter]
-        return output * mask.to(output.dtype).view(-1, *([1] * (output.dim() - 1)))
+    def _hook(
+        self,
+        stacked_a: torch.Tensor,
+        stacked_b: torch.Tensor,
+        key: tuple,
+        module: Any,
+        args: Any,
+        output: torch.Tensor,
+    ) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        x = args[0]
+        mask = self.masks[key]
+        hidden = F.linear(x.to(stacked_a.dtype), stacked_a)
+        hidden = hidden * mask.view(mask.shape[0], *([1] * (hidden.dim() - 2)), mask.shape[1])
+        # As peft: the delta is added in the adapters' dtype, then cast to the base output's.
+        return (output + F.linear(hidden, stacked_b)).to(output.dtype)
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
-        """The named adapters active with their row masks; the previous state restored after."""
-        from peft.tuners.lora import LoraLayer
-
-        if not self.adapters:
-            with self.model.disable_adapter():
-                yield
-            return
-        base = self.model.base_model
-        previous = list(base.active_adapters)
+        """The named adapters active with their row masks; peft's LoRA forward (and the
+        parameters' requires_grad flags, which peft resets on re-enabling) restored after."""
         requires_grad = {name: p.requires_grad for name, p in self.model.named_parameters()}
         handles = []
         try:
-            base.set_adapter(self.adapters, inference_mode=True)
-            for module in self.model.modules():
-                if isinstance(module, LoraLayer):
-                    for adapter in self.adapters:
-                        if adapter in module.lora_B:
-                            hook = functools.partial(self._hook, adapter)
-                            handles.append(module.lora_B[adapter].register_forward_hook(hook))
-            yield
+            with self.model.disable_adapter():
+                for module, stacked_a, stacked_b, key in self._layers:
+                    hook = functools.partial(self._hook, stacked_a, stacked_b, key)
+                    handles.append(module.register_forward_hook(hook))
+                yield
         finally:
             for handle in handles:
                 handle.remove()
-            base.set_adapter(previous, inference_mode=True)
             for name, parameter in self.model.named_parameters():
-                if name in requires_grad:
-                    parameter.requires_grad_(requires_grad[name])
+                parameter.requires_grad_(requires_grad[name])
