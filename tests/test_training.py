@@ -345,12 +345,13 @@ def test_unshuffled_dpo_trains_its_pairs_in_the_given_order(tiny_model_dir: Path
     assert first_batch_items(shuffle=True) != ["0", "1", "2", "3"]
 
 
-def test_bf16_precision_on_a_cpu_autocasts_over_fp32_weights(
+def test_bf16_precision_trains_fp32_lora_weights_over_a_bf16_base(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    """bf16 training on a CPU multiplies in bf16 but keeps fp32 weights, so the optimizer's
-    small LoRA updates are not rounded away; fp32 precision trains without autocast. The
-    precision is part of the run's settings, so checkpoints of the other never resume."""
+    """bf16 training holds the frozen base in bf16 (no re-cast of fp32 weights in every
+    forward) but the LoRA weights it trains in fp32, so the optimizer's small updates are not
+    rounded away; fp32 precision trains fp32 throughout, without autocast. The precision is
+    part of the run's settings, so checkpoints of the other never resume."""
     from big5_dagster.lib.training.inputs import use_bf16
     from big5_dagster.lib.training.runs import settings_of_run
 
@@ -362,7 +363,10 @@ def test_bf16_precision_on_a_cpu_autocasts_over_fp32_weights(
             work_dir=tmp_path / precision, device="cpu",
         )  # fmt: skip
         assert trainer.args.bf16 is (precision == "bfloat16")
-        assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
+        trained = {p.dtype for p in trainer.model.parameters() if p.requires_grad}
+        frozen = {p.dtype for p in trainer.model.parameters() if not p.requires_grad}
+        assert trained == {torch.float32}
+        assert frozen == {torch.bfloat16 if precision == "bfloat16" else torch.float32}
         trainer.train()
         assert trainer.state.log_history[-1]["train_loss"] > 0
         runs[precision] = settings_of_run(
@@ -371,6 +375,42 @@ def test_bf16_precision_on_a_cpu_autocasts_over_fp32_weights(
     assert runs["bfloat16"]["bf16"] is True and runs["float32"]["bf16"] is False
     assert runs["bfloat16"]["spec"]["precision"] == "bfloat16"
     assert use_bf16("auto", "cpu") is (auto_dtype("cpu") == "bfloat16")
+
+
+def test_the_cpu_trainer_loss_is_trls_completion_loss(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """On a CPU the SFT loss comes from the model's own logits instead of trl's fused LM head
+    (whose torch fallback is slow there): on a padded batch of completions of different
+    lengths it is the same token-mean NLL over the completion tokens, with and without the
+    token count of an accumulated batch."""
+    from trl import SFTTrainer
+
+    examples = pd.DataFrame(
+        {
+            "prompt": [PROMPT.format(i=i) for i in range(4)],
+            "completion": [
+                " cat.",
+                " cat sat on the mat.",
+                " a dog ran far away from home.",
+                " no",
+            ],
+        }
+    )
+    spec = dataclasses.replace(SFT_SPEC, epochs=1, batch_size=4)
+    trainer = make_sft_trainer(
+        tiny_model_dir, examples, lora=LoraSpec(), spec=spec, work_dir=tmp_path, device="cpu"
+    )
+    assert type(trainer).compute_loss is not SFTTrainer.compute_loss
+    batch = next(iter(trainer.get_train_dataloader()))
+    labels = batch["labels"][:, 1:]
+    completion_tokens = int((labels != -100).sum())
+    assert 0 < completion_tokens < int(batch["attention_mask"][:, 1:].sum())  # prompts ignored
+    for count in (None, torch.tensor(2 * completion_tokens)):
+        with torch.no_grad():
+            ours = trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=count)
+            trls = SFTTrainer.compute_loss(
+                trainer, trainer.model, dict(batch), num_items_in_batch=count
+            )
+        assert torch.allclose(ours, trls, rtol=1e-4), (count, ours, trls)
 
 
 def test_training_follows_the_model_dtype():

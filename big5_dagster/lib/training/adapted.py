@@ -38,7 +38,8 @@ def load_adapted_model(
     if not (adapter_path / "adapter_config.json").is_file():
         raise TrainingError(f"{adapter_path} is not a peft adapter folder (no adapter_config.json)")
     target = resolve_device(device)
-    base = load_causal_lm(model_path, target)
+    # For inference: fp32 on a CPU, bf16 on a GPU that has it (training picks its own).
+    base = load_causal_lm(model_path, target, "auto" if target == "cuda" else "float32")
     tokenizer = AutoTokenizer.from_pretrained(str(adapter_path), local_files_only=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

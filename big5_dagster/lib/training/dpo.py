@@ -100,7 +100,9 @@ def make_dpo_trainer(
     transformers.set_seed(spec.seed)
     tokenizer = load_tokenizer(model_path)
     data["prompt"] = normalize_prompts(tokenizer, data["prompt"].tolist())
-    model: PreTrainedModel | PeftModel = load_causal_lm(model_path, target, spec.precision)
+    model: PreTrainedModel | PeftModel = load_causal_lm(
+        model_path, target, spec.precision, trains_base=lora is None and init_adapter is None
+    )
     peft_config = None
     if init_adapter is not None:
         _check_init_adapter(Path(init_adapter), lora)

@@ -118,15 +118,19 @@ def load_tokenizer(model_path: str | Path) -> PreTrainedTokenizerBase:
 
 
 def load_causal_lm(
-    model_path: str | Path, target: str, precision: Precision = "auto"
+    model_path: str | Path, target: str, precision: Precision = "auto", *, trains_base: bool = False
 ) -> PreTrainedModel:
-    """The model to train (or to adapt) on ``target``: bf16 weights on a CUDA GPU that trains
-    in bf16; fp32 elsewhere, where bf16 training autocasts (fp32 optimizer updates)."""
+    """The model to train (or to adapt) on ``target``: bf16 weights where training multiplies
+    in bf16, fp32 otherwise. peft keeps the LoRA weights it adds in fp32 beside a bf16 base
+    (``autocast_adapter_dtype``), so the optimizer's small updates are not rounded away, and
+    the frozen base is not cast to bf16 again in every forward (on a CPU, autocast re-casts
+    frozen fp32 weights on each use: a fifth of a training step's time). ``trains_base``
+    (fine-tuning every weight): fp32 weights on a CPU, which bf16 training autocasts."""
     import torch
     from transformers import AutoModelForCausalLM
 
     location, kwargs = _model_location(model_path)
-    bf16_weights = target == "cuda" and use_bf16(precision, target)
+    bf16_weights = use_bf16(precision, target) and (target == "cuda" or not trains_base)
     dtype = torch.bfloat16 if bf16_weights else torch.float32
     try:
         model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs)

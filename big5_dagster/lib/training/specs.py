@@ -19,10 +19,11 @@ Behaviour every caller relies on:
   settings discard the old checkpoints. The result is written atomically to ``output_dir``
   (a temporary folder beside it is renamed into place), then the checkpoints are removed.
 - CPU: ``use_cpu=True``, no gradient checkpointing (trl's configs default to it, and it
-  crawls there; PITFALLS.md), fp32 weights; with bf16 precision (``TrainSpec.precision``,
-  by default where the CPU has bf16 arithmetic) the matmuls autocast to bf16, so the
-  optimizer still updates fp32 LoRA weights. CUDA: bf16 weights and mixed precision when the
-  GPU supports it, gradient checkpointing on.
+  crawls there; PITFALLS.md). With bf16 precision (``TrainSpec.precision``, by default where
+  the CPU has bf16 arithmetic, and on a CUDA GPU that has it) the frozen base weights are
+  bf16 and the matmuls autocast to bf16, while peft keeps the LoRA weights fp32, so the
+  optimizer still updates fp32 LoRA weights; fp32 precision keeps everything fp32. CUDA:
+  gradient checkpointing on.
 
 Tokens per second are computed one way everywhere (:func:`count_training_tokens`): the
 non-padding tokens of one pass over the trainer's prepared (tokenized, EOS-appended,
@@ -144,7 +145,7 @@ class TrainSpec:
     """Shuffle the training rows each epoch (False: train in the given order, e.g. DPO's
     mirrored couples, which must share an optimizer step)."""
     precision: Precision = "auto"
-    """bfloat16: matmuls in bf16 (CUDA: bf16 weights; CPU: fp32 weights, bf16 autocast);
+    """bfloat16: bf16 base weights and matmuls, fp32 LoRA weights;
     float32: fp32 throughout; auto: bf16 where the hardware multiplies it natively
     (``engine.hardware.auto_dtype``)."""
 
